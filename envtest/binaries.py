@@ -1,0 +1,131 @@
+"""Build (once) or find the control-plane binaries for a pinned Kubernetes release.
+
+Nothing in the package registries ships kube-apiserver, so it is compiled from the
+upstream ``k8s.io/kubernetes`` module with the local Go toolchain. The build cache is
+keyed by release and lives outside the repository, so a second run costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.36.3"
+# Staging modules are published as v0.<minor>.<patch> of the same release.
+STAGING_VERSION = "v0" + KUBERNETES_VERSION[2:]
+
+# binary name -> Go package that builds it (etcd comes from the release's own etcd dependency)
+PACKAGES = {
+    "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+    "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+    "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+    "etcd": "go.etcd.io/etcd/server/v3",
+}
+
+HOW_TO_GET = (
+    "build them with 'make cluster' (needs the Go toolchain and the Go module proxy), "
+    "or point KUBEBUILDER_ASSETS at a directory holding etcd, kube-apiserver and kubectl "
+    "(e.g. from controller-runtime's setup-envtest)"
+)
+
+
+class BinariesUnavailable(RuntimeError):
+    """The control-plane binaries can be neither found nor built."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "deeplab-operator" / f"kubernetes-{KUBERNETES_VERSION}"
+
+
+def ensure_binaries(build: bool = True, log=sys.stderr) -> Path:
+    """Return a directory with etcd, kube-apiserver, kube-controller-manager and kubectl.
+
+    ``KUBEBUILDER_ASSETS`` wins when set (the envtest convention); otherwise the
+    version-keyed cache is used and filled by a Go build when ``build`` is true.
+    """
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets:
+        missing = [b for b in ("etcd", "kube-apiserver") if not (Path(assets) / b).is_file()]
+        if missing:
+            raise BinariesUnavailable(f"KUBEBUILDER_ASSETS={assets} lacks {', '.join(missing)}")
+        return Path(assets)
+    bin_dir = cache_dir() / "bin"
+    missing = [name for name in PACKAGES if not (bin_dir / name).is_file()]
+    if not missing:
+        return bin_dir
+    if not build:
+        raise BinariesUnavailable(f"no control-plane binaries in {bin_dir}: {HOW_TO_GET}")
+    if shutil.which("go") is None:
+        raise BinariesUnavailable(f"the Go toolchain is not on PATH: {HOW_TO_GET}")
+    _build(missing, bin_dir, log)
+    return bin_dir
+
+
+def _build(names: list[str], bin_dir: Path, log) -> None:
+    module_dir = cache_dir() / "module"
+    _write_module(module_dir)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
+    for name in names:
+        print(f"envtest: building {name} {KUBERNETES_VERSION} (first time only, takes minutes)", file=log)
+        tmp = bin_dir / f".{name}.partial"
+        cmd = ["go", "build", "-trimpath", "-ldflags", _ldflags(), "-o", str(tmp), PACKAGES[name]]
+        result = subprocess.run(cmd, cwd=module_dir, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BinariesUnavailable(f"go build {PACKAGES[name]} failed:\n{result.stderr[-4000:]}")
+        tmp.replace(bin_dir / name)  # atomic: a half-built binary is never taken as cached
+
+
+def _ldflags() -> str:
+    major, minor = re.match(r"v(\d+)\.(\d+)", KUBERNETES_VERSION).groups()
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={KUBERNETES_VERSION}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    return " ".join(flags)
+
+
+def _write_module(module_dir: Path) -> None:
+    """A go.mod that requires the release and maps each staging module to its tag."""
+    module_dir.mkdir(parents=True, exist_ok=True)
+    gomod = _release_gomod(module_dir)
+    staging = re.findall(r"^\s*(k8s\.io/[\w.-]+) => \./staging/", gomod, flags=re.M)
+    go_line = re.search(r"^go (\S+)", gomod, flags=re.M).group(1)
+    lines = [
+        "module envtest.local/controlplane",
+        "",
+        f"go {go_line}",
+        "",
+        f"require k8s.io/kubernetes {KUBERNETES_VERSION}",
+        "",
+        "replace (",
+        *[f"\t{m} => {m} {STAGING_VERSION}" for m in staging],
+        ")",
+        "",
+    ]
+    (module_dir / "go.mod").write_text("\n".join(lines))
+    # Blank imports keep the binaries' packages (and etcd's) in the module graph for `go mod tidy`.
+    imports = "\n".join(f'\t_ "{pkg}"' for pkg in PACKAGES.values())
+    (module_dir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
+    subprocess.run(["go", "mod", "tidy"], cwd=module_dir, check=True, capture_output=True, text=True)
+
+
+def _release_gomod(module_dir: Path) -> str:
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
+        cwd=module_dir,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = re.search(r'"GoMod":\s*"([^"]+)"', out).group(1)
+    return Path(path).read_text()
