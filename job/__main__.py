@@ -1,0 +1,151 @@
+"""``deeplab-job``: train, eval, build-data, demo, convert-torch, and launch (the worker pods' entrypoint).
+
+Order matters here: ``device.prepare_environment()`` runs before any module that imports MindSpore
+is imported (they are imported inside the command functions), and configuration is validated
+before that, so a bad flag fails fast with exit code 2 without loading MindSpore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from job import device, recipe
+from job.config import BuildDataConfig, DemoConfig, EvalConfig, TrainConfig, add_model_arguments, build
+from job.errors import BadInput
+
+PROG = "deeplab-job"
+
+
+def _train(config: TrainConfig) -> int:
+    from job import train
+
+    try:
+        train.run(config)
+    except train.Interrupted as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return recipe.EXIT_INTERRUPTED
+    return recipe.EXIT_OK
+
+
+def _eval(config: EvalConfig) -> int:
+    import mindspore as ms
+
+    from job import checkpoints
+    from job.evaluate import evaluate
+    from job.model import deeplabv3
+    from job.progress import dumps
+
+    device.select_device(config.device_target)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = deeplabv3(config.model, config.num_classes, config.aspp_rates)
+    checkpoints.load_strict(net, config.ckpt_path)
+    net.set_train(False)
+    metrics = evaluate(
+        net,
+        data_root=config.data_root,
+        data_lst=config.data_lst,
+        num_classes=config.num_classes,
+        ignore_label=config.ignore_label,
+        crop_size=config.crop_size,
+        scales=list(config.scales),
+        flip=config.flip,
+        batch_size=config.batch_size,
+        save_predictions=config.save_predictions,
+    )
+    text = dumps({"event": "eval", "checkpoint": config.ckpt_path, **metrics})
+    if config.output_json:
+        from pathlib import Path
+
+        Path(config.output_json).write_text(text + "\n")
+    print(text, flush=True)
+    return recipe.EXIT_OK
+
+
+def _build_data(config: BuildDataConfig) -> int:
+    from job.data.convert import convert_list
+
+    shards = convert_list(
+        config.data_root, config.data_lst, config.dst_path, config.num_shards, config.shuffle
+    )
+    print(json.dumps({"event": "build-data", "shards": shards}), flush=True)
+    return recipe.EXIT_OK
+
+
+def _demo(config: DemoConfig) -> int:
+    from job import demo
+
+    demo.run(config)
+    return recipe.EXIT_OK
+
+
+@dataclass(frozen=True)
+class Command:
+    model: type | None  # the pydantic settings model; None for commands with their own flags
+    run: Callable[[Any], int]
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(TrainConfig, _train, "train DeepLabV3 (resumes from train_dir's newest checkpoint)"),
+    "eval": Command(EvalConfig, _eval, "evaluate a checkpoint (mIoU; multi-scale, flip)"),
+    "build-data": Command(BuildDataConfig, _build_data, "convert an image/label list to sharded MindRecord"),
+    "demo": Command(DemoConfig, _demo, "synthetic data -> train on CPU -> evaluate, in minutes"),
+}
+LAUNCH_HELP = "worker entrypoint: rank table or MS_* variables -> environment -> exec a command (job.launch)"
+
+
+def _convert_torch_parser(sub) -> None:
+    parser = sub.add_parser("convert-torch", help="torchvision ResNet-101 state_dict -> MindSpore checkpoint")
+    parser.add_argument("source", help="torchvision resnet101 state_dict file (torch.save)")
+    parser.add_argument("destination", help="MindSpore checkpoint to write")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="DeepLabV3 (MindSpore) training job")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        child = sub.add_parser(name, help=command.help, description=command.help)
+        child.add_argument("--config", metavar="FILE", help="YAML file with the same keys; flags override it")
+        add_model_arguments(child, command.model)
+    _convert_torch_parser(sub)
+    sub.add_parser("launch", help=LAUNCH_HELP, add_help=False)  # listed here, parsed by job.launch
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    if args.command == "convert-torch":
+        from job.convert_torch import convert_file
+
+        convert_file(args.source, args.destination)
+        return recipe.EXIT_OK
+    command = COMMANDS[args.command]
+    config = build(command.model, values, args.config)  # validated before MindSpore loads
+    return command.run(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 1 failure, 2 bad input, 143 SIGTERM)."""
+    device.prepare_environment()  # first: nothing below may have loaded MindSpore yet
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launch"]:
+        from job import launch
+
+        return launch.main(argv[1:])
+    args = make_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BadInput as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return recipe.EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return recipe.EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

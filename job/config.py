@@ -1,0 +1,238 @@
+"""Settings of the job's commands: one pydantic model per command, the one source of truth.
+
+The argparse parsers are generated from these models (flag names, defaults and help come from
+the fields), so the recipe's original command lines work unchanged and a value is checked in one
+place. Every flag reaches pydantic as text and pydantic converts it, so a bad value on the command
+line or in the ``--config`` YAML file gives the same one-line error naming the key. Importing this
+module must stay cheap: it never imports MindSpore (configuration is validated before the heavy
+imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from job import recipe
+from job.errors import BadInput
+
+ModelName = Literal["deeplab_v3_s16", "deeplab_v3_s8"]
+DeviceTarget = Literal["auto", "Ascend", "GPU", "CPU"]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Base(BaseModel):
+    """Unknown keys are errors (a typo in a YAML file must not be ignored); assignment is checked too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class _NetConfig(_Base):
+    """Fields shared by the commands that build the network."""
+
+    model: ModelName = Field("deeplab_v3_s16", description="network: output stride 16 or 8")
+    num_classes: PositiveInt = Field(recipe.NUM_CLASSES, description="number of classes")
+    ignore_label: int = Field(
+        recipe.IGNORE_LABEL, ge=0, le=255, description="label value ignored in loss/mIoU"
+    )
+    crop_size: PositiveInt = Field(
+        recipe.CROP_SIZE, description="training crop / evaluation pad size (pixels)"
+    )
+    batch_size: PositiveInt = Field(32, description="images per device per step")
+    aspp_rates: tuple[PositiveInt, PositiveInt, PositiveInt] | None = Field(
+        None, description="ASPP atrous rates (3 ints); default (6,12,18) at OS16, (12,24,36) at OS8"
+    )
+    device_target: DeviceTarget = Field("auto", description="backend; auto = Ascend, then GPU, then CPU")
+
+
+class TrainConfig(_NetConfig):
+    """``deeplab-job train``: the recipe's training flags plus resume, progress and after-training eval."""
+
+    data_file: str = Field(description="MindRecord file (first shard) made by build-data")
+    train_dir: str = Field(description="directory for checkpoints, final.ckpt and result.json")
+    train_epochs: PositiveInt = Field(300, description="epochs to train")
+    base_lr: PositiveFloat = Field(0.015, description="base learning rate")
+    lr_type: Literal["cos", "poly", "exp"] = Field("cos", description="learning-rate schedule (per step)")
+    end_lr: float = Field(0.0, ge=0, description="final learning rate of the poly schedule")
+    lr_decay_step: PositiveInt = Field(40000, description="exp schedule: steps per decay")
+    lr_decay_rate: PositiveFloat = Field(0.1, description="exp schedule: factor per decay")
+    min_scale: PositiveFloat = Field(recipe.MIN_SCALE, description="smallest random scale")
+    max_scale: PositiveFloat = Field(recipe.MAX_SCALE, description="largest random scale")
+    ckpt_pre_trained: str | None = Field(
+        None, description="ResNet-101 or DeepLab checkpoint to start from (loaded non-strict)"
+    )
+    save_steps: PositiveInt = Field(1500, description="save a checkpoint every N steps")
+    keep_checkpoint_max: PositiveInt = Field(5, description="step checkpoints kept in train_dir")
+    loss_scale: PositiveFloat = Field(recipe.LOSS_SCALE, description="fixed loss scale")
+    is_distributed: bool = Field(False, description="data-parallel over all ranks (HCCL or dynamic cluster)")
+    freeze_bn: bool = Field(False, description="BN uses and keeps its moving statistics (small batches)")
+    max_steps: int = Field(0, ge=0, description="stop after this global step (0 = no limit; smoke runs)")
+    log_steps: PositiveInt = Field(10, description="one JSON progress line every N steps")
+    result_file: str | None = Field(
+        None, description="result JSON; default /dev/termination-log if it exists, else train_dir/result.json"
+    )
+    seed: int = Field(1, description="random seed (the same on every rank: identical initial weights)")
+    num_parallel_workers: PositiveInt = Field(2, description="data pipeline workers")
+    eval_data_root: str | None = Field(None, description="after training: evaluate on this data root")
+    eval_data_lst: str | None = Field(None, description="after training: evaluation list file")
+    eval_scales: list[PositiveFloat] = Field([1.0], description="after-training eval scales (repeatable)")
+    eval_flip: bool = Field(False, description="after-training eval adds horizontal flips")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.min_scale > self.max_scale:
+            raise ValueError(f"min_scale ({self.min_scale}) is larger than max_scale ({self.max_scale})")
+        if (self.eval_data_root is None) != (self.eval_data_lst is None):
+            raise ValueError("eval_data_root and eval_data_lst must be given together")
+        return self
+
+
+class EvalConfig(_NetConfig):
+    """``deeplab-job eval``: the recipe's evaluation flags plus JSON output and prediction images."""
+
+    batch_size: PositiveInt = Field(1, description="images per evaluation batch")
+    data_root: str = Field(description="root the list file's paths are relative to")
+    data_lst: str = Field(description="list file: one 'image label' pair per line")
+    scales: list[PositiveFloat] = Field([1.0], description="evaluation scales (repeatable)")
+    flip: bool = Field(False, description="add horizontally flipped predictions")
+    freeze_bn: bool = Field(
+        True, description="accepted for compatibility: evaluation always uses BN moving statistics"
+    )
+    ckpt_path: str = Field(description="checkpoint to evaluate (loaded strictly)")
+    output_json: str | None = Field(None, description="also write the metrics JSON here")
+    save_predictions: str | None = Field(None, description="write colour prediction PNGs to this directory")
+
+
+class BuildDataConfig(_Base):
+    """``deeplab-job build-data``: list file of image/label pairs -> sharded MindRecord."""
+
+    data_root: str = Field(description="root the list file's paths are relative to")
+    data_lst: str = Field(description="list file: one 'image label' pair per line")
+    dst_path: str = Field(description="output MindRecord path (shards get a numeric suffix)")
+    num_shards: PositiveInt = Field(8, description="number of MindRecord shards")
+    shuffle: bool = Field(True, description="shuffle the pairs before writing")
+
+
+class DemoConfig(_Base):
+    """``deeplab-job demo``: synthetic data -> MindRecord -> real training on CPU -> evaluation."""
+
+    output_dir: str = Field("./demo-output", description="where data, checkpoints and predictions go")
+    size: PositiveInt = Field(96, description="synthetic image size and training crop (pixels)")
+    num_classes: PositiveInt = Field(4, description="classes of the synthetic set (incl. background)")
+    num_train: PositiveInt = Field(128, description="synthetic training images")
+    num_val: PositiveInt = Field(32, description="synthetic validation images")
+    train_epochs: PositiveInt = Field(7, description="training epochs")
+    batch_size: PositiveInt = Field(8, description="images per step")
+    base_lr: PositiveFloat = Field(0.03, description="base learning rate")
+    device_target: DeviceTarget = Field("CPU", description="backend (the demo is sized for CPU)")
+    seed: int = Field(0, description="seed of the synthetic set and the initial weights")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: int) -> int:
+        if value < 33:
+            raise ValueError("must be at least 33 (the network downsamples 16x)")
+        return value
+
+
+# -- flags generated from the models ----------------------------------------------------------
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool
+
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list
+
+
+def _is_tuple(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is tuple
+
+
+def _strip_optional(annotation: Any) -> Any:
+    """``X | None`` -> ``X`` (the flag takes X; None is only ever the default)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _literal_choices(annotation: Any) -> tuple[Any, ...] | None:
+    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One ``--<field>`` per field. Values stay text (pydantic converts them); absent flags stay absent.
+
+    Booleans are real booleans: ``--flag`` alone means true and ``--flag false`` works (argparse's
+    ``type=bool`` would turn "False" into True). Lists are repeatable (``--scales 0.5 --scales 1``)
+    and also take several values (``--scales 0.5 1``). Tuples take their fixed number of values.
+    """
+    for name, field in model.model_fields.items():
+        annotation = _strip_optional(field.annotation)
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        help_text = field.description or ""
+        help_text += " (required)" if field.is_required() else f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        if _is_bool(annotation):
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif _is_list(annotation):
+            kwargs.update(nargs="+", action="extend", metavar=name.upper())
+        elif _is_tuple(annotation):
+            kwargs.update(nargs=len(typing.get_args(annotation)), metavar=name.upper())
+        elif (choices := _literal_choices(annotation)) is not None:
+            # Shown, not enforced by argparse: pydantic gives the uniform one-line error.
+            kwargs.update(metavar="{" + ",".join(str(choice) for choice in choices) + "}")
+        parser.add_argument(f"--{name}", **kwargs)
+
+
+def _format_error(error: ValidationError) -> str:
+    """The first problem as one line: ``key: message (got value)``."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    suffix = "" if first["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+    more = len(error.errors()) - 1
+    return f"{key}: {message}{suffix}" + (f" [and {more} more]" if more else "")
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """The ``--config`` file as a mapping; a missing or malformed file is bad input."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read config file: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise BadInput(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: the config file must be a mapping of flag names to values")
+    return {str(key).lstrip("-"): value for key, value in data.items()}
+
+
+def build(model: type[_Base], values: dict[str, Any], config_file: str | None = None) -> Any:
+    """Validate flags (``values``) over the YAML file's values: flags win. Raises BadInput."""
+    merged = load_yaml(config_file) if config_file else {}
+    merged.update(values)
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:
+        where = f"{config_file}: " if config_file and not set(values) >= _error_keys(exc) else ""
+        raise BadInput(where + _format_error(exc)) from exc
+
+
+def _error_keys(error: ValidationError) -> set[str]:
+    return {str(item["loc"][0]) for item in error.errors() if item["loc"]}
