@@ -31,10 +31,15 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint images/*.Dockerfile
+	$(PY) -m controller crd --check
 
 format: $(DEV_STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The CRD is generated from controller/api.py; lint fails when the committed file is stale.
+crd: $(DEV_STAMP)
+	$(PY) -m controller crd --write
 
 test: lint control-plane
 	$(PY) -m pytest

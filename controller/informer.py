@@ -1,0 +1,126 @@
+"""List + watch with resourceVersion, surviving what the python client's Watch does not.
+
+- ``410 Gone`` (the resourceVersion was compacted away): list again, then watch from the new list.
+- Silent stalls behind proxies: every watch is bounded by ``timeout_seconds`` and restarted from
+  the last resourceVersion seen (bookmarks keep it fresh on quiet resources).
+- Errors: back off and list again; a list re-delivers every object, so no event is lost for good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes.client.rest import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, dict[str, Any]], None]  # (event type, object); "SYNC" for listed objects
+
+
+class Gone(Exception):
+    """The watch's resourceVersion is too old: re-list."""
+
+
+class Informer:
+    def __init__(
+        self,
+        name: str,
+        list_call: Callable[..., Any],
+        handler: Handler,
+        stop: threading.Event,
+        watch_timeout: int = 60,
+        **selectors: Any,
+    ):
+        self.name, self.list_call, self.handler, self.stop = name, list_call, handler, stop
+        self.watch_timeout, self.selectors = watch_timeout, selectors
+        self.synced = threading.Event()
+        self.lists = 0  # visible to tests: how often a (re-)list happened
+        self._response = None
+        self._thread = threading.Thread(target=self._run, name=f"informer-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):  # a dead socket has nothing to report
+                # shutdown() unblocks a read in another thread (close() alone waits for the next line)
+                getattr(response, "shutdown", response.close)()
+        self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                version = self._list()
+                delay = 0.5
+                self._watch_loop(version)
+            except Gone:
+                log.info("%s: resourceVersion expired (410); re-listing", self.name)
+            except Exception as error:  # any failure: back off, then list again
+                if self.stop.is_set():
+                    break
+                log.warning("%s: list/watch failed (%r); re-listing in %.1fs", self.name, error, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _list(self) -> str:
+        response = self.list_call(_preload_content=False, _request_timeout=30, **self.selectors)
+        body = json.loads(response.data)
+        self.lists += 1
+        for item in body.get("items", []):
+            self.handler("SYNC", item)
+        self.synced.set()
+        return body["metadata"]["resourceVersion"]
+
+    def _watch_loop(self, version: str) -> None:
+        while not self.stop.is_set():
+            version = self._watch_once(version)
+
+    def _watch_once(self, version: str) -> str:
+        try:
+            response = self.list_call(
+                watch=True,
+                resource_version=version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self.watch_timeout,  # server-side bound
+                _preload_content=False,
+                _request_timeout=(10, self.watch_timeout + 15),  # client-side bound, in case of a stall
+                **self.selectors,
+            )
+        except ApiException as error:
+            if error.status == 410:
+                raise Gone from error
+            raise
+        self._response = response
+        try:
+            for line in iter_resp_lines(response):
+                if self.stop.is_set():
+                    break
+                if line:
+                    version = self._event(json.loads(line), version)
+        finally:
+            self._response = None
+            response.release_conn()
+        return version
+
+    def _event(self, event: dict[str, Any], version: str) -> str:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise Gone
+            raise RuntimeError(f"watch error: {obj.get('message')}")
+        new_version = (obj.get("metadata") or {}).get("resourceVersion") or version
+        if kind != "BOOKMARK":
+            self.handler(kind, obj)
+        return new_version

@@ -1,0 +1,270 @@
+"""The thin I/O layer: read a training's children, write its status, apply the plan's actions.
+
+Everything goes through the official client with ``_preload_content=False`` so objects stay plain
+JSON dicts (the shape the plan and the manifests use), with no model round trip that could drop
+fields. Writes are idempotent: "already exists" and "not found" are the desired outcome of a
+create or delete that a previous, interrupted reconcile already made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from controller import api, names, resources
+from controller.plan import Action, Create, Delete, DeleteTraining, Event, Observed, ReplaceConfigMap
+
+log = logging.getLogger(__name__)
+COMPONENT = "deeplab-operator"
+EVENT_MESSAGE_MAX = 1024
+
+
+class Conflict(Exception):
+    """Optimistic concurrency lost (HTTP 409): re-read and plan again."""
+
+
+def api_client(kubeconfig: str | None = None, context: str | None = None, as_user: str | None = None):
+    """In-cluster config when running in a pod, else a kubeconfig (``--kubeconfig`` or the default).
+
+    ``as_user`` impersonates (like ``kubectl --as``): tests run the controller under its own
+    ServiceAccount's RBAC while holding admin credentials.
+    """
+    configuration = client.Configuration()
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    api_client_ = client.ApiClient(configuration)
+    if as_user:
+        api_client_.set_default_header("Impersonate-User", as_user)
+    return api_client_
+
+
+def _json(response) -> dict[str, Any]:
+    return json.loads(response.data)
+
+
+def _ignore(status: int, call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except ApiException as error:
+        if error.status == status:
+            return None
+        raise
+
+
+class Kube:
+    def __init__(self, api_client_, on_write: Callable[[str, str], None] | None = None):
+        self.client = api_client_
+        self.core = client.CoreV1Api(api_client_)
+        self.custom = client.CustomObjectsApi(api_client_)
+        self.on_write = on_write or (lambda verb, resource: None)
+
+    # -- trainings -----------------------------------------------------------------------------
+    def get_training(self, namespace: str, name: str) -> dict[str, Any] | None:
+        response = _ignore(
+            404,
+            lambda: self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, _preload_content=False
+            ),
+        )
+        return _json(response) if response is not None else None
+
+    def replace_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """PUT /status with the object's resourceVersion: a stale read fails with 409, never overwrites.
+
+        PUT rather than a merge patch: a merge patch cannot remove a field we no longer set.
+        """
+        body = {**obj, "status": status}
+        meta = obj["metadata"]
+        self.on_write("update", "deeplabtrainings/status")
+        try:
+            response = self.custom.replace_namespaced_custom_object_status(
+                api.GROUP,
+                api.VERSION,
+                meta["namespace"],
+                api.PLURAL,
+                meta["name"],
+                body,
+                _preload_content=False,
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(f"status of {meta['name']}: {error.reason}") from error
+            raise
+        return _json(response)
+
+    # -- children --------------------------------------------------------------------------------
+    def observe(
+        self, t: api.Training, with_logs: Callable[[dict | None], str | None] | None = None
+    ) -> Observed:
+        """Live reads (not a cache): the plan must never act on a pod list older than its own writes."""
+        selector = f"{names.LABEL_TRAINING}={names.training_label(t.name)}"
+        pods = _json(
+            self.core.list_namespaced_pod(t.namespace, label_selector=selector, _preload_content=False)
+        )
+        owned = [p for p in pods.get("items", []) if _owned_by(p, t.uid)]
+        cm_name = names.configmap_name(t.name)
+        configmap = self._get(
+            lambda: self.core.read_namespaced_config_map(cm_name, t.namespace, _preload_content=False)
+        )
+        service = self._get(
+            lambda: self.core.read_namespaced_service(
+                names.service_name(t.name), t.namespace, _preload_content=False
+            )
+        )
+        podgroup = None
+        if t.spec.gang is not None:
+            podgroup = self._get(
+                lambda: self.custom.get_namespaced_custom_object(
+                    "scheduling.volcano.sh", "v1beta1", t.namespace, "podgroups", names.podgroup_name(t.name),
+                    _preload_content=False,
+                )
+            )  # fmt: skip
+        logs = None
+        if with_logs is not None:
+            pod = with_logs(configmap)
+            logs = self.read_log(t.namespace, pod) if pod else None
+        return Observed(
+            pods=owned,
+            configmap=configmap,
+            service=service is not None,
+            podgroup=podgroup is not None,
+            logs=logs,
+        )
+
+    def _get(self, call: Callable[[], Any]) -> dict[str, Any] | None:
+        response = _ignore(404, call)
+        return _json(response) if response is not None else None
+
+    def read_log(self, namespace: str, pod: str, tail_lines: int = 50) -> list[str] | None:
+        """Rank 0's log tail; None when it cannot be read (no kubelet, pod gone): progress just waits."""
+        try:
+            response = self.core.read_namespaced_pod_log(
+                pod, namespace, container=resources.CONTAINER, tail_lines=tail_lines, _preload_content=False,
+                _request_timeout=10,
+            )  # fmt: skip
+            return response.data.decode("utf-8", errors="replace").splitlines()
+        except Exception as error:  # any failure here only delays progress
+            log.debug("logs of %s/%s unavailable: %s", namespace, pod, error)
+            return None
+
+    # -- actions ---------------------------------------------------------------------------------
+    def apply(self, t: api.Training, action: Action) -> None:
+        if isinstance(action, Create):
+            self.create(action.manifest)
+        elif isinstance(action, Delete):
+            self.delete_pod(t.namespace, action.name, action.uid)
+        elif isinstance(action, ReplaceConfigMap):
+            self.replace_configmap(action.manifest, action.resource_version)
+        elif isinstance(action, DeleteTraining):
+            self.delete_training(t)
+        else:  # pragma: no cover - the plan only emits the four above
+            raise TypeError(f"unknown action {action!r}")
+
+    def create(self, manifest: dict[str, Any]) -> None:
+        kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
+        calls = {
+            "Pod": lambda: self.core.create_namespaced_pod(namespace, manifest, _preload_content=False),
+            "Service": lambda: self.core.create_namespaced_service(
+                namespace, manifest, _preload_content=False
+            ),
+            "ConfigMap": lambda: self.core.create_namespaced_config_map(
+                namespace, manifest, _preload_content=False
+            ),
+            "PodGroup": lambda: self.custom.create_namespaced_custom_object(
+                "scheduling.volcano.sh", "v1beta1", namespace, "podgroups", manifest, _preload_content=False
+            ),
+        }
+        self.on_write("create", kind.lower() + "s")
+        _ignore(409, calls[kind])  # AlreadyExists: deterministic names make a repeated create harmless
+
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        # The uid precondition: a pod recreated under the same name is not ours to delete.
+        options = {"preconditions": {"uid": uid}} if uid else {}
+        self.on_write("delete", "pods")
+        try:
+            self.core.delete_namespaced_pod(name, namespace, body=options, _preload_content=False)
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
+
+    def replace_configmap(self, manifest: dict[str, Any], resource_version: str) -> None:
+        body = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": resource_version}}
+        meta = manifest["metadata"]
+        self.on_write("update", "configmaps")
+        try:
+            self.core.replace_namespaced_config_map(
+                meta["name"], meta["namespace"], body, _preload_content=False
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(f"configmap {meta['name']}: {error.reason}") from error
+            raise
+
+    def delete_training(self, t: api.Training) -> None:
+        body = {"propagationPolicy": "Background", "preconditions": {"uid": t.uid}}
+        self.on_write("delete", "deeplabtrainings")
+        _ignore(
+            404,
+            lambda: self.custom.delete_namespaced_custom_object(
+                api.GROUP, api.VERSION, t.namespace, api.PLURAL, t.name, body=body, _preload_content=False
+            ),
+        )
+
+    # -- events ----------------------------------------------------------------------------------
+    def event(self, t: api.Training, event: Event, instance: str = "") -> None:
+        """A core/v1 Event on the training (what `kubectl describe` shows). Best effort."""
+        now = datetime.now(timezone.utc)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{t.name[:200]}.", "namespace": t.namespace},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": t.name,
+                "namespace": t.namespace,
+                "uid": t.uid,
+            },
+            "reason": event.reason,
+            "message": event.message[:EVENT_MESSAGE_MAX],
+            "type": event.type,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": instance or COMPONENT,
+            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "count": 1,
+        }
+        self.on_write("create", "events")
+        try:
+            self.core.create_namespaced_event(t.namespace, body, _preload_content=False)
+        except ApiException as error:
+            log.warning("event %s on %s/%s not recorded: %s", event.reason, t.namespace, t.name, error.reason)
+
+
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(
+        ref.get("uid") == uid and ref.get("controller")
+        for ref in obj["metadata"].get("ownerReferences") or []
+    )
+
+
+def owner_key(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """The (namespace, name) of the training controlling a child object."""
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if (
+            ref.get("controller")
+            and ref.get("kind") == api.KIND
+            and ref.get("apiVersion", "").startswith(api.GROUP)
+        ):
+            return obj["metadata"].get("namespace", ""), ref["name"]
+    return None

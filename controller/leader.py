@@ -1,0 +1,158 @@
+"""Lease-based leader election (coordination.k8s.io/v1), client-go's algorithm in small.
+
+Two replicas run; only the Lease holder reconciles. A candidate takes the Lease only when its record
+has not changed for a whole ``leaseDurationSeconds`` *as observed on the candidate's own clock*, so
+clock skew between nodes cannot hand the Lease over early. Every write carries the resourceVersion
+it read: of two candidates racing for an expired Lease, one gets 409 and stays a candidate.
+A leader that cannot renew within ``renew_deadline`` steps down (the process then exits, as
+client-go's do) rather than risk two leaders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+log = logging.getLogger(__name__)
+
+
+def _micro_time() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaderElector:
+    def __init__(
+        self,
+        api_client_,
+        namespace: str,
+        name: str,
+        identity: str,
+        lease_duration: float = 15.0,
+        renew_deadline: float = 10.0,
+        retry_period: float = 2.0,
+    ):
+        self.api = client.CoordinationV1Api(api_client_)
+        self.namespace, self.name, self.identity = namespace, name, identity
+        self.lease_duration, self.renew_deadline, self.retry_period = (
+            lease_duration,
+            renew_deadline,
+            retry_period,
+        )
+        self.is_leader = threading.Event()
+        self._observed: tuple[Any, ...] | None = None
+        self._observed_at = 0.0
+
+    # -- one attempt ---------------------------------------------------------------------------------
+    def try_acquire_or_renew(self) -> bool:
+        try:
+            lease = json.loads(
+                self.api.read_namespaced_lease(self.name, self.namespace, _preload_content=False).data
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            return self._create()
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
+        record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"))
+        if record != self._observed:
+            self._observed, self._observed_at = record, time.monotonic()
+        duration = spec.get("leaseDurationSeconds") or self.lease_duration
+        held_by_other = holder and holder != self.identity
+        if held_by_other and time.monotonic() < self._observed_at + duration:
+            return False
+        now = _micro_time()
+        new_spec = {
+            **spec,
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": int(self.lease_duration),
+            "renewTime": now,
+        }
+        if holder != self.identity:
+            new_spec["acquireTime"] = now
+            new_spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+        lease["spec"] = new_spec
+        try:
+            self.api.replace_namespaced_lease(self.name, self.namespace, lease, _preload_content=False)
+        except ApiException as error:
+            if error.status == 409:
+                return False  # someone else wrote first
+            raise
+        return True
+
+    def _create(self) -> bool:
+        now = _micro_time()
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": int(self.lease_duration),
+                "acquireTime": now,
+                "renewTime": now,
+                "leaseTransitions": 0,
+            },
+        }
+        try:
+            self.api.create_namespaced_lease(self.namespace, body, _preload_content=False)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(
+        self, stop: threading.Event, on_started: Callable[[], None], on_stopped: Callable[[], None]
+    ) -> None:
+        """Campaign until leader, then renew until ``stop`` or a lost Lease (which calls ``on_stopped``)."""
+        while not stop.is_set():
+            if self._attempt():
+                break
+            stop.wait(self.retry_period)
+        if stop.is_set():
+            return
+        log.info("leader election: %s acquired lease %s/%s", self.identity, self.namespace, self.name)
+        self.is_leader.set()
+        on_started()
+        last_renew = time.monotonic()
+        while not stop.wait(self.retry_period):
+            if self._attempt():
+                last_renew = time.monotonic()
+            elif time.monotonic() - last_renew > self.renew_deadline:
+                log.error("leader election: %s lost lease %s/%s", self.identity, self.namespace, self.name)
+                self.is_leader.clear()
+                on_stopped()
+                return
+
+    def _attempt(self) -> bool:
+        try:
+            return self.try_acquire_or_renew()
+        except Exception as error:  # the API server may be briefly away; keep campaigning
+            log.warning("leader election: %s", error)
+            return False
+
+    def release(self) -> None:
+        """Graceful shutdown: hand the Lease over at once instead of after leaseDurationSeconds."""
+        if not self.is_leader.is_set():
+            return
+        self.is_leader.clear()
+        try:
+            lease = json.loads(
+                self.api.read_namespaced_lease(self.name, self.namespace, _preload_content=False).data
+            )
+            if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                return
+            lease["spec"].update(holderIdentity=None, leaseDurationSeconds=1, renewTime=_micro_time())
+            self.api.replace_namespaced_lease(self.name, self.namespace, lease, _preload_content=False)
+        except Exception as error:
+            log.warning("leader election: release failed: %s", error)

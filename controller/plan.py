@@ -1,0 +1,536 @@
+"""plan(training, observed children, now) -> actions + new status. Pure: every decision lives here.
+
+Level-triggered: the plan looks only at what exists now (the training's status is the one memory),
+so running it twice, or after a controller restart, decides the same thing. The caller writes the
+status first (with the training's resourceVersion as a precondition), then applies the actions:
+a crash between the two leaves a status that the next plan completes, never a transition applied
+twice.
+
+Attempts: every stage runs in attempts; an attempt is one set of pods with its own rank table.
+A failed, evicted or deleted pod ends the attempt: all its pods are deleted and a new attempt
+starts, resuming from the stage's newest checkpoint (the job does that by itself in train_dir).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from controller import names, progress, ranktable, resources
+from controller.api import (
+    FINISHED,
+    Condition,
+    DeepLabTrainingStatus,
+    Launcher,
+    Phase,
+    Progress,
+    StageStatus,
+    Training,
+)
+
+EXIT_BAD_INPUT = 2  # the job's configuration/data error: retrying cannot help
+COND_RUNNING = "Running"
+COND_SUSPENDED = "Suspended"
+COND_SUCCEEDED = "Succeeded"
+COND_FAILED = "Failed"
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PodInfo:
+    """What the plan needs from one child pod."""
+
+    name: str
+    uid: str
+    stage: str
+    attempt: str
+    role: str
+    rank: int | None
+    phase: str
+    pod_ip: str | None
+    host_ip: str | None
+    deleting: bool
+    annotation: str | None
+    exit_code: int | None
+    finished_at: str
+    reason: str
+    message: str
+
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any]) -> PodInfo:
+        meta, status = obj["metadata"], obj.get("status") or {}
+        labels = meta.get("labels") or {}
+        terminated: dict[str, Any] = {}
+        for container in status.get("containerStatuses") or []:
+            if container.get("name") == resources.CONTAINER:
+                terminated = (container.get("state") or {}).get("terminated") or {}
+        rank = labels.get(names.LABEL_RANK)
+        return cls(
+            name=meta["name"],
+            uid=meta.get("uid", ""),
+            stage=labels.get(names.LABEL_STAGE, ""),
+            attempt=labels.get(names.LABEL_ATTEMPT, ""),
+            role=labels.get(names.LABEL_ROLE, ""),
+            rank=int(rank) if rank and rank.isdigit() else None,
+            phase=status.get("phase", "Pending"),
+            pod_ip=status.get("podIP"),
+            host_ip=status.get("hostIP"),
+            deleting=bool(meta.get("deletionTimestamp")),
+            annotation=(meta.get("annotations") or {}).get(ranktable.DEVICE_ANNOTATION),
+            exit_code=terminated.get("exitCode"),
+            finished_at=terminated.get("finishedAt") or "",
+            reason=terminated.get("reason") or status.get("reason") or "",
+            message=terminated.get("message") or status.get("message") or "",
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+@dataclass
+class Observed:
+    """The training's children as read just before planning."""
+
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    configmap: dict[str, Any] | None = None
+    service: bool = False
+    podgroup: bool = False
+    logs: list[str] | None = None  # rank 0's log tail, None when not read this time
+
+
+# -- outputs --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Create:
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Delete:
+    kind: str  # "Pod"
+    name: str
+    uid: str  # precondition: never delete a newer object that reuses the name
+
+
+@dataclass(frozen=True)
+class ReplaceConfigMap:
+    manifest: dict[str, Any]
+    resource_version: str  # precondition: the table is written once per attempt
+
+
+@dataclass(frozen=True)
+class DeleteTraining:
+    """ttlSecondsAfterFinished: the garbage collector removes the children."""
+
+
+Action = Create | Delete | ReplaceConfigMap | DeleteTraining
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    status: dict[str, Any]
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    status_changed: bool = False
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def timestamp(now: datetime) -> str:
+    """metav1.Time: RFC 3339, seconds, UTC."""
+    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def describe_failure(pod: PodInfo) -> str:
+    who = f"pod {pod.name}" + (f" (worker {pod.rank})" if pod.rank is not None else f" ({pod.role})")
+    if pod.exit_code is not None:
+        detail = progress.last_line(pod.message)
+        return f"{who} exited with code {pod.exit_code} ({pod.reason or 'Error'})" + (
+            f": {detail}" if detail else ""
+        )
+    if pod.phase == "Failed":
+        return f"{who} failed: {pod.reason or 'unknown reason'}" + (f": {pod.message}" if pod.message else "")
+    return f"{who} was deleted"
+
+
+def rank0_pod(t: Training, configmap: dict[str, Any] | None) -> str | None:
+    """The pod whose progress lines and result count: rank 0 of the current attempt."""
+    st = t.status
+    if st.stage_index is None or st.attempt is None or st.stage_index >= len(t.spec.stages):
+        return None
+    stage = t.spec.stages[st.stage_index].name
+    if t.spec.launcher == Launcher.RANK_TABLE and configmap is not None:
+        attempt, completed, ranks = ranktable.read_configmap(configmap.get("data"))
+        if attempt == st.attempt_id and completed:
+            return next((pod for pod, rank in ranks.items() if rank == 0), None)
+    return names.worker_name(t.name, stage, st.attempt, 0)
+
+
+class _Planner:
+    def __init__(self, t: Training, obs: Observed, now: datetime):
+        self.t, self.obs, self.now, self.ts = t, obs, now, timestamp(now)
+        self.st: DeepLabTrainingStatus = t.status.model_copy(deep=True)
+        self.actions: list[Action] = []
+        self.events: list[Event] = []
+        self.requeue: list[float] = []
+        self.pods = [PodInfo.from_obj(p) for p in obs.pods]
+        self.deleted: set[str] = set()
+
+    # -- small utilities --------------------------------------------------------------------------
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append(Event("Warning" if warning else "Normal", reason, message))
+
+    @property
+    def stage(self):
+        return self.t.spec.stages[self.st.stage_index]
+
+    @property
+    def record(self) -> StageStatus:
+        return self.st.stages[self.st.stage_index]
+
+    def stage_text(self) -> str:
+        return f"{self.st.stage_index + 1}/{len(self.t.spec.stages)} {self.stage.name}"
+
+    def delete(self, pod: PodInfo) -> None:
+        if not pod.deleting and pod.name not in self.deleted:
+            self.deleted.add(pod.name)
+            self.actions.append(Delete("Pod", pod.name, pod.uid))
+
+    def current_pods(self) -> list[PodInfo]:
+        return [
+            p
+            for p in self.pods
+            if p.stage == self.stage.name and p.attempt == str(self.st.attempt) and p.name not in self.deleted
+        ]
+
+    def set_condition(self, type_: str, status: bool, reason: str, message: str = "") -> None:
+        """metav1.Condition semantics: lastTransitionTime moves only when status flips."""
+        conditions = self.st.conditions or []
+        value = "True" if status else "False"
+        old = next((c for c in conditions if c.type == type_), None)
+        when = old.last_transition_time if old is not None and old.status == value else self.ts
+        new = Condition(
+            type=type_,
+            status=value,
+            reason=reason,
+            message=message,
+            last_transition_time=when,
+            observed_generation=self.t.generation,
+        )
+        self.st.conditions = [c for c in conditions if c.type != type_] + [new]
+        self.st.conditions.sort(key=lambda c: c.type)
+
+    def start_attempt(self, index: int, attempt: int) -> None:
+        self.st.stage_index, self.st.attempt = index, attempt
+        self.st.attempt_id = names.attempt_id(self.t.uid, self.stage.name, attempt)
+        self.st.stage = self.stage_text()
+        record = self.record
+        record.attempts += 1
+        record.phase = Phase.PENDING
+        record.start_time = record.start_time or self.ts
+        self.st.phase = Phase.PENDING
+
+    # -- the decision -----------------------------------------------------------------------------
+    def run(self) -> Plan:
+        if self.t.deleting:
+            return self.finish()  # the garbage collector takes it from here
+        if self.st.phase is None:
+            self.initialise()
+        if self.st.phase in FINISHED:
+            self.finished()
+            return self.finish()
+        if self.deadline_passed():
+            return self.finish()
+        if self.t.spec.suspend:
+            self.suspend()
+            return self.finish()
+        if self.st.phase == Phase.SUSPENDED:
+            self.resume()
+        self.delete_stale()
+        self.step()
+        return self.finish()
+
+    def initialise(self) -> None:
+        spec = self.t.spec
+        self.st.stages = [StageStatus(name=s.name) for s in spec.stages]
+        self.st.start_time = self.ts
+        self.start_attempt(0, 1)
+        self.event(
+            "Started",
+            f"{len(spec.stages)} stage(s) on {spec.workers} worker(s); stage {self.stage_text()}, attempt 1",
+        )
+
+    def finished(self) -> None:
+        """Free the NPUs of anything still running; keep finished pods for `kubectl logs`."""
+        for pod in self.pods:
+            if not pod.finished:
+                self.delete(pod)
+        ttl = self.t.spec.ttl_seconds_after_finished
+        done = parse_time(self.st.completion_time)
+        if ttl is not None and done is not None:
+            remaining = (done + timedelta(seconds=ttl) - self.now).total_seconds()
+            if remaining <= 0:
+                self.actions.append(DeleteTraining())
+            else:
+                self.requeue.append(remaining)
+
+    def deadline_passed(self) -> bool:
+        limit = self.t.spec.active_deadline_seconds
+        started = parse_time(self.st.start_time)
+        if limit is None or started is None or self.st.phase == Phase.SUSPENDED or self.t.spec.suspend:
+            return False
+        remaining = (started + timedelta(seconds=limit) - self.now).total_seconds()
+        if remaining > 0:
+            self.requeue.append(remaining)
+            return False
+        self.fail("DeadlineExceeded", f"the training was active longer than activeDeadlineSeconds ({limit}s)")
+        return True
+
+    def fail(self, reason: str, message: str) -> None:
+        self.st.phase = Phase.FAILED
+        self.st.completion_time = self.ts
+        self.st.reason, self.st.message = reason, message
+        self.record.phase = Phase.FAILED
+        self.record.completion_time = self.ts
+        self.record.message = message
+        self.set_condition(COND_RUNNING, False, reason, message)
+        self.set_condition(COND_FAILED, True, reason, message)
+        self.event(reason, f"stage {self.stage_text()}: {message}", warning=True)
+        self.finished()
+
+    def suspend(self) -> None:
+        for pod in self.pods:
+            self.delete(pod)
+        if self.st.phase != Phase.SUSPENDED:
+            self.st.phase = Phase.SUSPENDED
+            self.record.phase = Phase.SUSPENDED
+            self.set_condition(COND_RUNNING, False, "Suspended", "spec.suspend is true")
+            self.set_condition(COND_SUSPENDED, True, "Suspended", "spec.suspend is true")
+            self.event("Suspended", f"stage {self.stage_text()}: pods deleted; progress is kept")
+
+    def resume(self) -> None:
+        """A new attempt: the old pods are gone, so is their rank table. Not a failure."""
+        self.st.start_time = self.ts  # like a Job: activeDeadlineSeconds counts from the resume
+        self.start_attempt(self.st.stage_index, self.st.attempt + 1)
+        self.set_condition(COND_SUSPENDED, False, "Resumed", "spec.suspend is false")
+        self.event("Resumed", f"stage {self.stage_text()}: attempt {self.st.attempt} resumes from checkpoint")
+
+    def delete_stale(self) -> None:
+        """Pods of other stages or attempts (and any pod without our labels) have no business running."""
+        current = {p.name for p in self.current_pods()}
+        for pod in self.pods:
+            if pod.name not in current:
+                self.delete(pod)
+
+    def step(self) -> None:
+        """One stage attempt: detect the end (failure or success), else converge its children."""
+        pods = self.current_pods()
+        desired = resources.desired_pods(self.t, self.st.stage_index, self.st.attempt)
+        launched = self.launched(pods)
+        workers = [p for p in pods if p.role == names.ROLE_WORKER]
+        # success first: once every worker succeeded, a scheduler pod's exit status is irrelevant
+        if len(workers) == self.t.spec.workers and all(p.phase == "Succeeded" for p in workers):
+            self.stage_succeeded(workers, pods)
+            return
+        failure = self.failure(pods, desired, launched)
+        if failure is not None:
+            self.attempt_failed(failure, pods)
+            return
+        self.converge(pods, desired, launched)
+
+    def launched(self, pods: list[PodInfo]) -> bool:
+        """Has training begun? Before, a missing pod is simply created; after, it is a lost rank."""
+        if self.t.spec.launcher == Launcher.RANK_TABLE:
+            attempt, completed, _ = self.table()
+            return attempt == self.st.attempt_id and completed
+        return any(p.phase != "Pending" for p in pods)
+
+    def table(self) -> tuple[str | None, bool, dict[str, int]]:
+        cm = self.obs.configmap
+        return ranktable.read_configmap(cm.get("data") if cm else None)
+
+    def failure(self, pods: list[PodInfo], desired: dict, launched: bool) -> PodInfo | str | None:
+        failed = [p for p in pods if p.phase == "Failed" or (p.deleting and not p.finished)]
+        if failed:
+            # the root cause: a permanent error first, then the rank that died first
+            failed.sort(key=lambda p: (p.exit_code != EXIT_BAD_INPUT, p.finished_at or "~", p.rank or 0))
+            return failed[0]
+        if launched:
+            present = {p.name for p in pods}
+            missing = [name for name in desired if name not in present]
+            if missing:
+                return f"pod {missing[0]} disappeared after the attempt started (deleted or evicted)"
+        return None
+
+    def attempt_failed(self, failure: PodInfo | str, pods: list[PodInfo]) -> None:
+        why = failure if isinstance(failure, str) else describe_failure(failure)
+        record = self.record
+        record.failures += 1
+        record.message = why
+        limit = self.t.spec.backoff_limit
+        if isinstance(failure, PodInfo) and failure.exit_code == EXIT_BAD_INPUT:
+            self.fail("ConfigurationError", f"{why} (a configuration or data error: not retried)")
+            return
+        if record.failures > limit:
+            message = f"{record.failures} failed attempt(s) (backoffLimit {limit}); {why}"
+            self.fail("BackoffLimitExceeded", message)
+            return
+        for pod in pods:
+            self.delete(pod)
+        text = self.stage_text()
+        self.event("AttemptFailed", f"stage {text}, attempt {self.st.attempt}: {why}", warning=True)
+        self.start_attempt(self.st.stage_index, self.st.attempt + 1)
+        self.st.progress, self.st.epoch = None, None
+        self.event("Restarting", f"stage {text}: attempt {self.st.attempt} resumes from the last checkpoint")
+        self.converge([], resources.desired_pods(self.t, self.st.stage_index, self.st.attempt), False)
+
+    def stage_succeeded(self, workers: list[PodInfo], pods: list[PodInfo]) -> None:
+        _, _, ranks = self.table()
+        by_index = min(workers, key=lambda p: p.rank or 0)
+        rank0 = next((p for p in workers if ranks.get(p.name) == 0), by_index)
+        outcome = progress.result(rank0.message) or {}
+        record = self.record
+        record.phase = Phase.SUCCEEDED
+        record.completion_time = self.ts
+        record.checkpoint = outcome.get("checkpoint")
+        record.loss = outcome.get("loss")
+        record.miou = outcome.get("miou")
+        record.message = None
+        if record.miou is not None:
+            self.st.miou = record.miou
+        for pod in pods:
+            self.delete(pod)
+        detail = f"checkpoint {record.checkpoint}"
+        if record.miou is not None:
+            detail += f", mIoU {record.miou:.4f}"
+        text = self.stage_text()
+        self.event("StageSucceeded", f"stage {text} succeeded in attempt {self.st.attempt}: {detail}")
+        if self.st.stage_index + 1 == len(self.t.spec.stages):
+            self.st.phase = Phase.SUCCEEDED
+            self.st.completion_time = self.ts
+            self.st.reason, self.st.message = "Succeeded", f"all {len(self.t.spec.stages)} stage(s) succeeded"
+            self.set_condition(COND_RUNNING, False, "Succeeded", self.st.message)
+            self.set_condition(COND_SUCCEEDED, True, "Succeeded", self.st.message)
+            self.event("Succeeded", self.st.message)
+            self.finished()
+            return
+        self.start_attempt(self.st.stage_index + 1, 1)
+        self.st.progress, self.st.epoch = None, None
+        self.event("StageStarted", f"stage {self.stage_text()} starts from {record.name}'s final checkpoint")
+        self.converge([], resources.desired_pods(self.t, self.st.stage_index, self.st.attempt), False)
+
+    # -- converging one attempt -------------------------------------------------------------------
+    def converge(self, pods: list[PodInfo], desired: dict[str, dict], launched: bool) -> None:
+        t = self.t
+        if not self.obs.service:
+            self.actions.append(Create(resources.service(t)))
+        if t.spec.gang is not None and not self.obs.podgroup:
+            self.actions.append(Create(resources.podgroup(t)))
+        if t.spec.launcher == Launcher.RANK_TABLE:
+            self.converge_table(pods)
+        if not launched:
+            present = {p.name for p in pods}
+            self.actions += [Create(m) for name, m in desired.items() if name not in present]
+        self.update_phase(pods)
+        self.update_progress()
+
+    def converge_table(self, pods: list[PodInfo]) -> None:
+        """`initializing` for a new attempt, then the complete table exactly once."""
+        attempt, completed, _ = self.table()
+        cm = self.obs.configmap
+        if attempt != self.st.attempt_id:
+            data = ranktable.configmap_data(self.st.attempt_id, ranktable.INITIALIZING, {})
+            self.write_table(data, cm)
+            return
+        if completed:
+            return
+        workers = [
+            ranktable.Worker(p.name, p.rank or 0, p.pod_ip, p.host_ip, p.annotation)
+            for p in pods
+            if p.role == names.ROLE_WORKER
+        ]
+        if ranktable.ready(workers, self.t.spec.workers):
+            table, ranks = ranktable.build(workers)
+            self.write_table(ranktable.configmap_data(self.st.attempt_id, table, ranks), cm)
+            self.event(
+                "RankTableReady",
+                f"stage {self.stage_text()}, attempt {self.st.attempt}: "
+                f"{len(workers)} rank(s) on {table['server_count']} server(s)",
+            )
+
+    def write_table(self, data: dict[str, str], cm: dict[str, Any] | None) -> None:
+        manifest = resources.configmap(self.t, data)
+        if cm is None:
+            self.actions.append(Create(manifest))
+        else:
+            self.actions.append(ReplaceConfigMap(manifest, cm["metadata"].get("resourceVersion", "")))
+
+    def update_phase(self, pods: list[PodInfo]) -> None:
+        workers = [p for p in pods if p.role == names.ROLE_WORKER]
+        complete = len(workers) == self.t.spec.workers
+        if complete and all(p.phase in ("Running", "Succeeded") for p in workers) and self.launched(pods):
+            phase = Phase.RUNNING
+        elif complete and all(p.pod_ip for p in workers):
+            phase = Phase.INITIALIZING
+        else:
+            phase = Phase.PENDING
+        if phase == Phase.RUNNING and self.st.phase != Phase.RUNNING:
+            text = self.stage_text()
+            self.event("Running", f"stage {text}, attempt {self.st.attempt}: all workers running")
+        self.st.phase = phase
+        self.record.phase = Phase.RUNNING if phase == Phase.RUNNING else Phase.PENDING
+        text = f"stage {self.stage_text()}, attempt {self.st.attempt}"
+        self.set_condition(COND_RUNNING, phase == Phase.RUNNING, phase.value, text)
+        self.st.reason, self.st.message = None, None
+
+    def update_progress(self) -> None:
+        if self.obs.logs is None:
+            return
+        latest = progress.last_progress(self.obs.logs)
+        if latest is None:
+            return
+        new = Progress(**latest)
+        old = self.st.progress
+        if old is not None and old.model_copy(update={"update_time": None}) == new:
+            return  # unchanged: no status write
+        new.update_time = self.ts
+        self.st.progress = new
+        if new.epoch is not None and new.epochs is not None:
+            self.st.epoch = f"{new.epoch}/{new.epochs}"
+
+    def finish(self) -> Plan:
+        self.st.observed_generation = self.t.generation
+        old = self.t.status.wire()
+        new = self.st.wire()
+        return Plan(
+            status=new,
+            actions=self.actions,
+            events=self.events,
+            requeue_after=min(self.requeue) if self.requeue else None,
+            status_changed=new != old,
+        )
+
+
+def plan(t: Training, obs: Observed, now: datetime) -> Plan:
+    """Decide: what to create/delete/write for the training, and its status afterwards."""
+    return _Planner(t, obs, now).run()
+
+
+def dumps(p: Plan) -> str:
+    """A readable rendering for logs and test failures."""
+    return json.dumps({"status": p.status, "actions": [repr(a) for a in p.actions]}, indent=1, default=str)

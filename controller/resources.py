@@ -1,0 +1,321 @@
+"""(training, stage, attempt) -> the pod, Service, ConfigMap and PodGroup manifests. Pure.
+
+Manifests are plain dicts in the API's JSON shape: they go to the API server unchanged and tests
+compare them without a client library in between.
+"""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+from typing import Any
+
+from controller import names, ranktable
+from controller.api import API_VERSION, KIND, Launcher, Stage, Training, VolumeSource
+
+DATA_MOUNT = "/data"
+CHECKPOINTS_MOUNT = "/checkpoints"
+INIT_MOUNT = "/init"
+PRETRAINED_MOUNT = "/pretrained"
+TERMINATION_LOG = "/dev/termination-log"
+CONTAINER = "worker"
+VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+TERMINATION_GRACE_SECONDS = 60  # the job saves a checkpoint on SIGTERM before exiting 143
+
+
+def owner_reference(t: Training) -> dict[str, Any]:
+    # controller=true: the garbage collector deletes children with the training, and a child maps
+    # back to exactly one training. blockOwnerDeletion keeps foreground deletion honest.
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": t.name,
+        "uid": t.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(t: Training, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": t.namespace, "labels": labels, "ownerReferences": [owner_reference(t)]}
+
+
+def base_labels(t: Training) -> dict[str, str]:
+    return {names.LABEL_TRAINING: names.training_label(t.name), names.LABEL_MANAGED_BY: names.MANAGED_BY}
+
+
+def pod_labels(t: Training, stage: str, attempt: int, role: str, rank: int | None) -> dict[str, str]:
+    labels = {
+        **base_labels(t),
+        names.LABEL_STAGE: stage,
+        names.LABEL_ATTEMPT: str(attempt),
+        names.LABEL_ROLE: role,
+    }
+    if rank is not None:
+        labels[names.LABEL_RANK] = str(rank)
+    return labels
+
+
+# -- the train command line ------------------------------------------------------------------------
+def data_path(path: str) -> str:
+    return path if path.startswith("/") else posixpath.join(DATA_MOUNT, path)
+
+
+def train_dir(t: Training, stage: str) -> str:
+    return posixpath.join(CHECKPOINTS_MOUNT, t.name, stage)
+
+
+def init_stage(t: Training, index: int) -> str | None:
+    """The stage whose final checkpoint initialises stage ``index`` (None: the pretrained backbone)."""
+    stage = t.spec.stages[index]
+    if stage.init_from:
+        return stage.init_from
+    return t.spec.stages[index - 1].name if index > 0 else None
+
+
+def device_target(t: Training) -> str:
+    resource = t.spec.npu_resource.lower()
+    if not resource:
+        return "CPU"
+    return "GPU" if "gpu" in resource else "Ascend"
+
+
+def _number(value: float) -> str:
+    return format(value, "g")
+
+
+def train_args(t: Training, index: int) -> list[str]:
+    """The job's `train` flags (recipe names) for stage ``index``; booleans are bare flags."""
+    s: Stage = t.spec.stages[index]
+    args = [
+        "--data_file", data_path(s.data_file),
+        "--train_dir", train_dir(t, s.name),
+        "--train_epochs", str(s.epochs),
+        "--batch_size", str(s.batch_size),
+        "--crop_size", str(s.crop_size),
+        "--base_lr", _number(s.base_lr),
+        "--lr_type", s.lr_type.value,
+        "--min_scale", _number(s.min_scale),
+        "--max_scale", _number(s.max_scale),
+        "--ignore_label", str(s.ignore_label),
+        "--num_classes", str(s.num_classes),
+        "--model", s.model.value,
+        "--save_steps", str(s.save_steps),
+        "--keep_checkpoint_max", str(s.keep_checkpoint_max),
+        "--loss_scale", _number(s.loss_scale),
+        "--device_target", device_target(t),
+        "--result_file", TERMINATION_LOG,
+    ]  # fmt: skip
+    init = init_stage(t, index)
+    if init is not None:
+        args += ["--ckpt_pre_trained", posixpath.join(INIT_MOUNT, "final.ckpt")]
+    elif t.spec.volumes.pretrained is not None:
+        args += ["--ckpt_pre_trained", posixpath.join(PRETRAINED_MOUNT, t.spec.volumes.pretrained.path)]
+    if t.spec.workers > 1:
+        args.append("--is_distributed")
+    if s.evaluate is not None:
+        args += ["--eval_data_root", data_path(s.evaluate.data_root)]
+        args += ["--eval_data_lst", data_path(s.evaluate.data_list)]
+        for scale in s.evaluate.scales:
+            args += ["--eval_scales", _number(scale)]
+        if s.evaluate.flip:
+            args.append("--eval_flip")
+    return [*args, *s.extra_args]
+
+
+def command(t: Training, index: int) -> list[str]:
+    return ["python", "-m", "job", "launch", "--", "train", *train_args(t, index)]
+
+
+# -- volumes --------------------------------------------------------------------------------------
+def _volume(name: str, source: VolumeSource, read_only: bool) -> dict[str, Any]:
+    if source.persistent_volume_claim is not None:
+        claim = source.persistent_volume_claim
+        read_only = read_only or bool(claim.read_only)
+        return {"name": name, "persistentVolumeClaim": {"claimName": claim.claim_name, "readOnly": read_only}}
+    if source.host_path is not None:
+        host = {"path": source.host_path.path}
+        if source.host_path.type:
+            host["type"] = source.host_path.type
+        return {"name": name, "hostPath": host}
+    empty = source.empty_dir.wire() if source.empty_dir is not None else {}
+    return {"name": name, "emptyDir": empty}
+
+
+def volumes_and_mounts(t: Training, index: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    spec = t.spec.volumes
+    volumes = [_volume("data", spec.data, True), _volume("checkpoints", spec.checkpoints, False)]
+    mounts = [
+        {"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
+        {"name": "checkpoints", "mountPath": CHECKPOINTS_MOUNT},
+    ]
+    init = init_stage(t, index)
+    if init is not None:
+        # The earlier stage's directory, read-only: a stage can never damage what it starts from.
+        mounts.append(
+            {"name": "checkpoints", "mountPath": INIT_MOUNT, "subPath": f"{t.name}/{init}", "readOnly": True}
+        )
+    elif spec.pretrained is not None:
+        volumes.append(_volume("pretrained", spec.pretrained, True))
+        mounts.append({"name": "pretrained", "mountPath": PRETRAINED_MOUNT, "readOnly": True})
+    if t.spec.launcher == Launcher.RANK_TABLE:
+        volumes.append({"name": "rank-table", "configMap": {"name": names.configmap_name(t.name)}})
+        mounts.append({"name": "rank-table", "mountPath": ranktable.MOUNT_PATH, "readOnly": True})
+    return volumes, mounts
+
+
+# -- pods -----------------------------------------------------------------------------------------
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def scheduler_host(t: Training, index: int, attempt: int) -> str:
+    # hostname + subdomain + a headless Service of that name give the pod a stable DNS record.
+    pod = names.scheduler_name(t.name, t.spec.stages[index].name, attempt)
+    return f"{pod}.{names.service_name(t.name)}.{t.namespace}.svc"
+
+
+def _env(t: Training, index: int, attempt: int, role: str, rank: int | None) -> list[dict[str, Any]]:
+    stage = t.spec.stages[index].name
+    env = [
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("POD_NAMESPACE", "metadata.namespace"),
+        _field_env("POD_IP", "status.podIP"),
+        {"name": "DEEPLAB_TRAINING", "value": t.name},
+        {"name": "DEEPLAB_STAGE", "value": stage},
+        {"name": "DEEPLAB_ATTEMPT", "value": names.attempt_id(t.uid, stage, attempt)},
+        {"name": "DEEPLAB_LAUNCHER", "value": t.spec.launcher.value},
+    ]
+    if rank is not None:
+        env.append({"name": "DEEPLAB_WORKER_INDEX", "value": str(rank)})
+    if t.spec.launcher == Launcher.RANK_TABLE:
+        env += [
+            {"name": "DEEPLAB_RANK_TABLE", "value": f"{ranktable.MOUNT_PATH}/{ranktable.TABLE_KEY}"},
+            {"name": "DEEPLAB_RANKS", "value": f"{ranktable.MOUNT_PATH}/{ranktable.RANKS_KEY}"},
+        ]
+    else:
+        env += [
+            {"name": "MS_ROLE", "value": "MS_SCHED" if role == names.ROLE_SCHEDULER else "MS_WORKER"},
+            {"name": "MS_SCHED_HOST", "value": scheduler_host(t, index, attempt)},
+            {"name": "MS_SCHED_PORT", "value": str(t.spec.scheduler_port)},
+            {"name": "MS_WORKER_NUM", "value": str(t.spec.workers)},
+            {"name": "MS_SERVER_NUM", "value": "0"},
+        ]
+        if rank is not None:
+            env.append({"name": "MS_NODE_ID", "value": str(rank)})
+    template = t.spec.template
+    return env + (copy.deepcopy(template.env) if template and template.env else [])
+
+
+def _resources(t: Training, role: str) -> dict[str, Any]:
+    template = t.spec.template
+    given = template.resources if template and template.resources else {}
+    # Quantities are strings on the wire (`cpu: 1` in YAML arrives as a number).
+    resources = {kind: {k: str(v) for k, v in (values or {}).items()} for kind, values in given.items()}
+    if role == names.ROLE_WORKER and t.spec.npu_resource:
+        # Extended resources must have requests == limits; one NPU per worker pod.
+        for kind in ("limits", "requests"):
+            resources.setdefault(kind, {})[t.spec.npu_resource] = "1"
+    return resources
+
+
+def _pod(t: Training, index: int, attempt: int, name: str, role: str, rank: int | None) -> dict[str, Any]:
+    stage = t.spec.stages[index].name
+    template = t.spec.template
+    labels = {**(template.labels or {} if template else {}), **pod_labels(t, stage, attempt, role, rank)}
+    meta = _metadata(t, name, labels)
+    annotations = dict(template.annotations or {}) if template else {}
+    if t.spec.gang is not None:
+        annotations[VOLCANO_GROUP_ANNOTATION] = names.podgroup_name(t.name)
+    if annotations:
+        meta["annotations"] = annotations
+    volumes, mounts = volumes_and_mounts(t, index)
+    container = {
+        "name": CONTAINER,
+        "image": t.spec.image,
+        "imagePullPolicy": t.spec.image_pull_policy.value,
+        "command": command(t, index),
+        "env": _env(t, index, attempt, role, rank),
+        "resources": _resources(t, role),
+        "volumeMounts": mounts,
+        # The job writes its result JSON to /dev/termination-log; on a crash the log tail explains.
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if role == names.ROLE_SCHEDULER:
+        container["ports"] = [{"name": "ms-sched", "containerPort": t.spec.scheduler_port}]
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # the controller restarts whole attempts, never single ranks
+        "automountServiceAccountToken": False,  # workers never talk to the API server
+        "enableServiceLinks": False,
+        "hostname": name,
+        "subdomain": names.service_name(t.name),
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    scheduler = t.spec.scheduler_name or ("volcano" if t.spec.gang is not None else None)
+    if scheduler:
+        spec["schedulerName"] = scheduler
+    if template:
+        if template.node_selector:
+            spec["nodeSelector"] = dict(template.node_selector)
+        if template.tolerations:
+            spec["tolerations"] = copy.deepcopy(template.tolerations)
+        if template.priority_class_name:
+            spec["priorityClassName"] = template.priority_class_name
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+def desired_pods(t: Training, index: int, attempt: int) -> dict[str, dict[str, Any]]:
+    """Every pod of one stage attempt, by name: the workers and, in dynamicCluster mode, the scheduler."""
+    stage = t.spec.stages[index].name
+    pods = {}
+    for rank in range(t.spec.workers):
+        name = names.worker_name(t.name, stage, attempt, rank)
+        pods[name] = _pod(t, index, attempt, name, names.ROLE_WORKER, rank)
+    if t.spec.launcher == Launcher.DYNAMIC_CLUSTER:
+        name = names.scheduler_name(t.name, stage, attempt)
+        pods[name] = _pod(t, index, attempt, name, names.ROLE_SCHEDULER, None)
+    return pods
+
+
+# -- the other children ----------------------------------------------------------------------------
+def service(t: Training) -> dict[str, Any]:
+    """Headless: DNS records per pod (hostname.subdomain) without a virtual IP."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(t, names.service_name(t.name), base_labels(t)),
+        "spec": {
+            "clusterIP": "None",
+            "selector": {names.LABEL_TRAINING: names.training_label(t.name)},
+            # Records exist before readiness: ranks look each other up while starting.
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "ms-sched", "port": t.spec.scheduler_port}],
+        },
+    }
+
+
+def configmap(t: Training, data: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(t, names.configmap_name(t.name), base_labels(t)),
+        "data": data,
+    }
+
+
+def podgroup(t: Training) -> dict[str, Any]:
+    """Volcano gang scheduling: no pod of the group is bound until all of them fit."""
+    members = t.spec.workers + (1 if t.spec.launcher == Launcher.DYNAMIC_CLUSTER else 0)
+    spec: dict[str, Any] = {"minMember": members}
+    template = t.spec.template
+    if template and template.priority_class_name:
+        spec["priorityClassName"] = template.priority_class_name
+    return {
+        "apiVersion": "scheduling.volcano.sh/v1beta1",
+        "kind": "PodGroup",
+        "metadata": _metadata(t, names.podgroup_name(t.name), base_labels(t)),
+        "spec": spec,
+    }

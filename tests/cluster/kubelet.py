@@ -1,0 +1,166 @@
+"""Playing kubelet (and the Ascend device plugin) against the real API server.
+
+There is no kubelet in the test control plane: pods stay Pending forever unless a test writes
+their status (node IP, pod IP, phase, container termination) through the status subresource,
+exactly what a kubelet reports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client
+
+from controller import api, names
+from controller.ranktable import DEVICE_ANNOTATION
+
+SA_USER = "system:serviceaccount:deeplab-system:deeplab-operator"
+MERGE = "application/merge-patch+json"
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> Any:
+    """Poll until ``check()`` is truthy; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
+
+
+class Kubelet:
+    def __init__(self, api_client_, namespace: str):
+        self.core = client.CoreV1Api(api_client_)
+        self.custom = client.CustomObjectsApi(api_client_)
+        self.ns = namespace
+
+    # -- reading -------------------------------------------------------------------------------------
+    def pods(self, training: str | None = None, **labels: str) -> list[dict[str, Any]]:
+        selector = [f"{names.LABEL_TRAINING}={names.training_label(training)}"] if training else []
+        selector += [f"deeplab.io/{key}={value}" for key, value in labels.items()]
+        response = self.core.list_namespaced_pod(
+            self.ns, label_selector=",".join(selector), _preload_content=False
+        )
+        items = json.loads(response.data)["items"]
+        live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+        return sorted(live, key=lambda p: p["metadata"]["name"])
+
+    def training(self, name: str) -> dict[str, Any]:
+        response = self.custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.ns, api.PLURAL, name, _preload_content=False
+        )
+        return json.loads(response.data)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.training(name).get("status") or {}
+
+    def configmap(self, name: str) -> dict[str, Any] | None:
+        try:
+            response = self.core.read_namespaced_config_map(
+                names.configmap_name(name), self.ns, _preload_content=False
+            )
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return json.loads(response.data)
+
+    def table(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        cm = self.configmap(name)
+        if cm is None:
+            return {}, {}
+        return json.loads(cm["data"]["hccl.json"]), json.loads(cm["data"]["ranks.json"])
+
+    # -- writing, as kubelet and device plugin would ------------------------------------------------------
+    def patch_status(self, pod: str, status: dict[str, Any]) -> None:
+        self.core.patch_namespaced_pod_status(pod, self.ns, {"status": status}, _content_type=MERGE)
+
+    def place(self, pods: list[dict[str, Any]], hosts: list[str], device_plugin: bool = True) -> None:
+        """Bind pod i to node hosts[i]: device annotation first (the plugin writes it at allocation),
+        then host IP, pod IP and phase Running."""
+        for index, (pod, host) in enumerate(zip(pods, hosts, strict=True)):
+            name = pod["metadata"]["name"]
+            local = hosts[:index].count(host)
+            if device_plugin:
+                value = {
+                    "pod_name": name,
+                    "server_id": host,
+                    "devices": [
+                        {"device_id": str(local), "device_ip": f"192.168.{local}.{host.rsplit('.', 1)[1]}"}
+                    ],
+                }
+                self.core.patch_namespaced_pod(
+                    name, self.ns, {"metadata": {"annotations": {DEVICE_ANNOTATION: json.dumps(value)}}},
+                    _content_type=MERGE,
+                )  # fmt: skip
+            self.patch_status(
+                name, {"hostIP": host, "podIP": f"10.244.{host.rsplit('.', 1)[1]}.{index + 10}"}
+            )
+        for pod in pods:
+            self.patch_status(pod["metadata"]["name"], {"phase": "Running"})
+
+    def terminate(self, pod: str, code: int, message: str = "", reason: str | None = None) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        state = {
+            "terminated": {
+                "exitCode": code,
+                "reason": reason or ("Completed" if code == 0 else "Error"),
+                "message": message,
+                "startedAt": now,
+                "finishedAt": now,
+            }
+        }
+        container = {"name": "worker", "image": "worker", "imageID": "", "ready": False, "restartCount": 0}
+        self.patch_status(
+            pod,
+            {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "containerStatuses": [{**container, "state": state}],
+            },
+        )
+
+
+def result_message(checkpoint: str, miou: float | None = None) -> str:
+    record = {
+        "event": "result",
+        "checkpoint": checkpoint,
+        "epochs": 2,
+        "steps": 20,
+        "loss": 0.3,
+        "miou": miou,
+    }
+    return "epoch 2 done\n" + json.dumps(record)
+
+
+def training_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    body = {
+        "image": "deeplab-worker:test",
+        "workers": 4,
+        "npusPerServer": 2,
+        "volumes": {
+            "data": {"persistentVolumeClaim": {"claimName": "voc-data"}},
+            "checkpoints": {"persistentVolumeClaim": {"claimName": "ckpt"}},
+            "pretrained": {"hostPath": {"path": "/models"}, "path": "resnet101.ckpt"},
+        },
+        "stages": [
+            {"name": "s16", "dataFile": "vocaug.mindrecord0", "epochs": 2},
+            {"name": "s8", "model": "deeplab_v3_s8", "dataFile": "vocaug.mindrecord0", "epochs": 2},
+        ],
+        **spec,
+    }
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body,
+    }
+
+
+def apply(kubectl, manifest: dict[str, Any]) -> None:
+    result = kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,135 @@
+"""Two controller processes (the Deployment's two replicas): kill the leader mid-stage, the standby
+takes the Lease and carries on with the same pods; a graceful stop hands the Lease over at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from kubelet import SA_USER, apply, result_message, training_manifest, wait_for
+from kubernetes import client
+
+from envtest.plane import free_port
+
+pytestmark = pytest.mark.cluster
+
+HOSTS = ["172.16.1.1", "172.16.1.1", "172.16.1.2", "172.16.1.2"]
+LEASE = ("deeplab-system", "deeplab-operator")
+
+
+class Replica:
+    """`python -m controller` as a child process, stopped by its PID."""
+
+    def __init__(self, identity: str, kubeconfig: Path, logdir: Path):
+        self.identity, self.port = identity, free_port()
+        self.log = logdir / f"{identity}.log"
+        cmd = [
+            sys.executable, "-m", "controller", "run", "--kubeconfig", str(kubeconfig), "--as", SA_USER,
+            "--identity", identity, "--health-addr", f"127.0.0.1:{self.port}",
+            "--lease-duration", "5", "--renew-deadline", "4", "--retry-period", "0.5",
+            "--log-interval", "1", "--resync-seconds", "5", "--watch-timeout", "20", "--log-level", "DEBUG",
+        ]  # fmt: skip
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def get(self, path: str) -> str:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2).read().decode()
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def holder(admin) -> str:
+    try:
+        lease = client.CoordinationV1Api(admin).read_namespaced_lease(
+            LEASE[1], LEASE[0], _preload_content=False
+        )
+    except client.ApiException as error:
+        if error.status == 404:
+            return ""
+        raise
+    return (json.loads(lease.data).get("spec") or {}).get("holderIdentity") or ""
+
+
+def test_leader_killed_mid_stage_standby_continues_without_duplicates(
+    control_plane, operator_installed, admin, kubelet, kubectl, tmp_path
+):
+    with ExitStack() as stack:
+        replicas = {}
+        for name in ("ctl-a", "ctl-b"):
+            replicas[name] = Replica(name, control_plane.kubeconfig, tmp_path)
+            stack.callback(replicas[name].stop)
+        leader = wait_for("a leader", lambda: holder(admin) in replicas and holder(admin), timeout=20)
+        standby = next(name for name in replicas if name != leader)
+        wait_for("the standby is ready too", lambda: replicas[standby].get("/readyz") == "ok")
+        assert "deeplab_leader 0.0" in replicas[standby].get("/metrics")
+
+        apply(kubectl, training_manifest("resilient", kubelet.ns))
+        pods = wait_for(
+            "attempt 1 pods", lambda: len(kubelet.pods("resilient")) == 4 and kubelet.pods("resilient")
+        )
+        kubelet.place(pods, HOSTS)
+        wait_for("Running", lambda: kubelet.status("resilient").get("phase") == "Running")
+        uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in kubelet.pods("resilient")}
+        table_version = kubelet.configmap("resilient")["metadata"]["resourceVersion"]
+
+        replicas[leader].signal(signal.SIGKILL)  # no goodbye: the Lease has to expire
+        replicas[leader].proc.wait(5)
+        wait_for("the standby takes over", lambda: holder(admin) == standby, timeout=15)
+        wait_for(
+            "the new leader has reconciled", lambda: 'result="success"' in replicas[standby].get("/metrics")
+        )
+        time.sleep(1.5)  # a few more reconciles (log_interval requeues) of the running training
+        assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in kubelet.pods("resilient")} == uids
+        assert kubelet.configmap("resilient")["metadata"]["resourceVersion"] == table_version
+        status = kubelet.status("resilient")
+        assert status["phase"] == "Running" and status["attempt"] == 1
+
+        replicas["ctl-c"] = Replica("ctl-c", control_plane.kubeconfig, tmp_path)  # the Deployment's restart
+        stack.callback(replicas["ctl-c"].stop)
+        for pod in kubelet.pods("resilient"):
+            rank0 = pod["metadata"]["labels"]["deeplab.io/rank"] == "0"
+            message = result_message("/checkpoints/resilient/s16/final.ckpt") if rank0 else ""
+            kubelet.terminate(pod["metadata"]["name"], 0, message)
+        wait_for("stage 2", lambda: kubelet.status("resilient").get("stage") == "2/2 s8")
+        second = wait_for("stage 2 pods", lambda: len(kubelet.pods("resilient", stage="s8")) == 4)
+        assert second and len(kubelet.pods("resilient")) <= 8
+
+        # graceful stop: SIGTERM, exit 0, Lease released so ctl-c leads without waiting for expiry
+        started = time.monotonic()
+        replicas[standby].signal(signal.SIGTERM)
+        assert replicas[standby].proc.wait(15) == 0
+        wait_for("ctl-c takes over", lambda: holder(admin) == "ctl-c", timeout=10)
+        assert time.monotonic() - started < 4.5, "released at once, not left to expire (5s)"
+        second = kubelet.pods("resilient", stage="s8")
+        kubelet.place(second, HOSTS)
+        for pod in second:
+            rank0 = pod["metadata"]["labels"]["deeplab.io/rank"] == "0"
+            kubelet.terminate(
+                pod["metadata"]["name"], 0, result_message("/c/final.ckpt", 0.8) if rank0 else ""
+            )
+        wait_for("Succeeded", lambda: kubelet.status("resilient").get("phase") == "Succeeded")
+        # two leader changes, yet each stage ran exactly one attempt and no pod was ever doubled
+        assert [stage["attempts"] for stage in kubelet.status("resilient")["stages"]] == [1, 1]
+        assert all(p["metadata"]["labels"]["deeplab.io/attempt"] == "1" for p in kubelet.pods("resilient"))
