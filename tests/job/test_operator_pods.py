@@ -1,0 +1,134 @@
+"""What the operator generates really starts a distributed MindSpore job.
+
+The controller's own pod specs for a 2-worker dynamicCluster training are turned into local
+processes the way a kubelet would run them: the container command and env exactly as specified,
+downward-API fields resolved, volume mount paths mapped to directories here, and the termination
+log file provided. Only the scheduler's DNS name is replaced by 127.0.0.1 (there is no cluster DNS
+on this machine). Without containers, this is as close to a pod as the machine allows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller import names, resources
+from controller.api import Training
+
+pytestmark = pytest.mark.mindspore
+SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "cpu-smoke.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def training(port: int) -> Training:
+    obj = yaml.safe_load(SAMPLE.read_text())
+    stage = obj["spec"]["stages"][0]
+    stage.update(
+        cropSize=33, epochs=2, dataFile="smoke.mindrecord", extraArgs=["--max_steps", "3", "--log_steps", "1"]
+    )
+    obj["spec"]["schedulerPort"] = port
+    obj["metadata"].update(namespace="default", uid="0f0e0d0c-0000-4000-8000-000000000001")
+    return Training.from_obj(obj)
+
+
+class Kubelet:
+    """Just enough of a kubelet to run a pod spec as a local process."""
+
+    def __init__(self, root: Path, mounts: dict[str, Path]):
+        self.root, self.mounts = root, mounts
+
+    def path(self, value: str) -> str:
+        for mount, local in self.mounts.items():
+            if value == mount or value.startswith(mount + "/"):
+                return str(local) + value[len(mount) :]
+        return value
+
+    def env(self, pod: dict) -> dict[str, str]:
+        fields = {
+            "metadata.name": pod["metadata"]["name"],
+            "metadata.namespace": "default",
+            "status.podIP": "127.0.0.1",
+        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "DEEPLAB_", "RANK_"))}
+        for var in pod["spec"]["containers"][0]["env"]:
+            ref = var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+            env[var["name"]] = fields[ref] if ref else var["value"]
+        env["MS_SCHED_HOST"] = "127.0.0.1"  # the one substitution: no cluster DNS here
+        env["MS_TOPO_TIMEOUT"] = "90"
+        return env
+
+    def start(self, pod: dict) -> subprocess.Popen:
+        container = pod["spec"]["containers"][0]
+        name = pod["metadata"]["name"]
+        log_dir = self.root / name
+        log_dir.mkdir()
+        self.mounts[container["terminationMessagePath"]] = log_dir / "termination-log"
+        command = [sys.executable if arg == "python" else self.path(arg) for arg in container["command"]]
+        return subprocess.Popen(
+            command, env=self.env(pod), cwd=log_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    from job.data.convert import convert_list
+    from job.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("pods-data")
+    train_lst, _ = generate(str(root), num_train=8, num_val=0, size=40, num_classes=21, seed=3)
+    convert_list(str(root), train_lst, str(root / "smoke.mindrecord"), 1, True)
+    return root
+
+
+def test_two_worker_dynamic_cluster_pods_train_in_lockstep(data_dir: Path, tmp_path: Path):
+    t = training(free_port())
+    pods = resources.desired_pods(t, 0, 1)
+    roles = {name: pod["metadata"]["labels"][names.LABEL_ROLE] for name, pod in pods.items()}
+    assert sorted(roles.values()) == sorted([names.ROLE_SCHEDULER, names.ROLE_WORKER, names.ROLE_WORKER])
+    checkpoints = tmp_path / "checkpoints"
+    kubelet = Kubelet(tmp_path, {"/data": data_dir, "/checkpoints": checkpoints})
+    processes = {}
+    try:
+        for name, pod in pods.items():
+            processes[name] = kubelet.start(pod)
+        outputs = {name: proc.communicate(timeout=300) for name, proc in processes.items()}
+    finally:
+        for proc in processes.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for name, proc in processes.items():
+        assert proc.returncode == 0, f"{name}: {outputs[name][1][-3000:]}"
+
+    workers = {
+        int(pods[n]["metadata"]["labels"][names.LABEL_RANK]): n for n in pods if roles[n] == names.ROLE_WORKER
+    }
+    finished = {}
+    for rank, name in workers.items():
+        lines = [json.loads(x) for x in outputs[name][0].splitlines() if x.startswith("{")]
+        finished[rank] = next(x for x in lines if x["event"] == "rank-finished")
+        assert finished[rank]["rank"] == rank and finished[rank]["size"] == 2 and finished[rank]["step"] == 3
+    # Data parallelism kept the weights identical on both ranks.
+    assert finished[0]["param_l2"] == pytest.approx(finished[1]["param_l2"], rel=1e-6)
+    assert finished[0]["param_sum"] == pytest.approx(finished[1]["param_sum"], rel=1e-6, abs=1e-3)
+
+    # Rank 0 alone wrote the result (its termination message) and the checkpoints, at the pod paths.
+    result = json.loads((tmp_path / workers[0] / "termination-log").read_text())
+    stage_dir = f"/checkpoints/{t.name}/{t.spec.stages[0].name}"
+    assert result["event"] == "result" and result["steps"] == 3
+    assert result["checkpoint"] == kubelet.path(f"{stage_dir}/final.ckpt")
+    assert Path(result["checkpoint"]).is_file()
+    assert Path(kubelet.path(f"{stage_dir}/deeplab-00000003.ckpt")).is_file()
+    assert not (tmp_path / workers[1] / "termination-log").exists()
