@@ -111,7 +111,8 @@ def train_args(t: Training, index: int) -> list[str]:
         args += ["--ckpt_pre_trained", posixpath.join(INIT_MOUNT, "final.ckpt")]
     elif t.spec.volumes.pretrained is not None:
         args += ["--ckpt_pre_trained", posixpath.join(PRETRAINED_MOUNT, t.spec.volumes.pretrained.path)]
-    if t.spec.workers > 1:
+    # dynamicCluster always has a scheduler pod waiting for the workers, even for a single one.
+    if t.spec.workers > 1 or t.spec.launcher == Launcher.DYNAMIC_CLUSTER:
         args.append("--is_distributed")
     if s.evaluate is not None:
         args += ["--eval_data_root", data_path(s.evaluate.data_root)]

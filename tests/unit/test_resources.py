@@ -113,6 +113,11 @@ def test_cpu_workers_and_template_patch():
     assert f["--device_target"] == ["CPU"] and "--is_distributed" not in f
 
 
+def test_single_worker_dynamic_cluster_still_joins_its_scheduler():
+    obj = training_obj(npuResource="", workers=1, launcher="dynamicCluster")
+    assert "--is_distributed" in flags(pod(obj)["spec"]["containers"][0]["command"])
+
+
 def test_voc_sample_agrees_with_the_recipe():
     sample = yaml.safe_load((SAMPLES / "voc-three-stage.yaml").read_text())
     spec = DeepLabTrainingSpec.model_validate(sample["spec"])
