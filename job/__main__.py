@@ -70,7 +70,13 @@ def _build_data(config: BuildDataConfig) -> int:
     from job.data.convert import convert_list
 
     shards = convert_list(
-        config.data_root, config.data_lst, config.dst_path, config.num_shards, config.shuffle
+        config.data_root,
+        config.data_lst,
+        config.dst_path,
+        config.num_shards,
+        config.shuffle,
+        num_classes=config.num_classes or None,
+        ignore_label=config.ignore_label,
     )
     print(json.dumps({"event": "build-data", "shards": shards}), flush=True)
     return recipe.EXIT_OK

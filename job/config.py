@@ -24,6 +24,7 @@ from job.errors import BadInput
 ModelName = Literal["deeplab_v3_s16", "deeplab_v3_s8"]
 DeviceTarget = Literal["auto", "Ascend", "GPU", "CPU"]
 PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
@@ -117,6 +118,12 @@ class BuildDataConfig(_Base):
     dst_path: str = Field(description="output MindRecord path (shards get a numeric suffix)")
     num_shards: PositiveInt = Field(8, description="number of MindRecord shards")
     shuffle: bool = Field(True, description="shuffle the pairs before writing")
+    num_classes: NonNegativeInt = Field(
+        recipe.NUM_CLASSES, description="labels must be below this (or the ignore label); 0 skips the check"
+    )
+    ignore_label: int = Field(
+        recipe.IGNORE_LABEL, ge=0, le=255, description="label value allowed besides classes"
+    )
 
 
 class DemoConfig(_Base):

@@ -236,3 +236,16 @@ def test_build_data_command_writes_shards(dataset, tmp_path, capsys):
     assert code == 0
     shards = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["shards"]
     assert len(shards) == 2 and all(Path(shard).is_file() for shard in shards)
+
+
+def test_build_data_refuses_labels_beyond_num_classes(dataset, tmp_path, capsys):
+    from job.__main__ import main
+
+    train_lst = str(Path(dataset["root"]) / "train.txt")
+    dst = tmp_path / "out.mindrecord"
+    args = ["build-data", "--data_root", dataset["root"], "--data_lst", train_lst, "--dst_path", str(dst)]
+    code = main([*args, "--num_shards", "1", "--num_classes", "2"])  # the set has 3 classes
+    assert code == recipe.EXIT_BAD_INPUT
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and train_lst in error[0] and ">= num_classes" in error[0]
+    assert not dst.exists()
