@@ -29,9 +29,19 @@ MAX_STAGES = 16
 MAX_WORKERS = 4096
 
 
-def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    """CEL rules evaluated by the API server itself: a bad manifest is refused at `kubectl apply`."""
-    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
+def _cel(*rules: tuple[str, ...]) -> dict[str, Any]:
+    """CEL rules evaluated by the API server itself: a bad manifest is refused at `kubectl apply`.
+
+    Each rule is ``(rule, message)`` or ``(rule, message, fieldPath)``: the field path makes the API
+    server name the offending field (``spec.workers: Invalid value: ...``) instead of the object.
+    """
+    out = []
+    for rule, message, *path in rules:
+        entry = {"rule": rule, "message": message}
+        if path:
+            entry["fieldPath"] = path[0]
+        out.append(entry)
+    return {"x-kubernetes-validations": out}
 
 
 class Model(BaseModel):
@@ -167,7 +177,9 @@ class Stage(Model):
     """Evaluate the stage's final checkpoint and record its mIoU."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(("self.minScale <= self.maxScale", "minScale must not exceed maxScale"))
+        json_schema_extra=_cel(
+            ("self.minScale <= self.maxScale", "minScale must not exceed maxScale", ".minScale")
+        )
     )
 
 
@@ -188,19 +200,23 @@ _SPEC_RULES = _cel(
     (
         "self.stages.all(s, self.stages.exists_one(t, t.name == s.name))",
         "stage names must be unique",
+        ".stages",
     ),
     (
         "self.stages.all(i, s, !has(s.initFrom) || self.stages.exists(j, t, j < i && t.name == s.initFrom))",
         "initFrom must name an earlier stage",
+        ".stages",
     ),
     (
         "self.npuResource == '' || self.workers <= self.npusPerServer || "
         "self.workers % self.npusPerServer == 0",
         "workers spanning more than one server must fill whole servers (a multiple of npusPerServer)",
+        ".workers",
     ),
     (
         "!has(self.gang) || !has(self.schedulerName) || self.schedulerName == 'volcano'",
         "gang: volcano needs schedulerName volcano (or leave schedulerName unset)",
+        ".schedulerName",
     ),
 )
 
@@ -243,6 +259,10 @@ class DeepLabTrainingSpec(Model):
     """Fail the training when it has been active (not suspended) for this long."""
     suspend: bool = False
     """Delete the running pods and keep the progress; unsuspending starts a new attempt that resumes."""
+    pending_timeout_seconds: int = Field(default=600, ge=0, le=604800)
+    """How long an attempt's pods may wait to run (unschedulable, image pull, missing volume) before the
+    training fails with reason PendingTimeout, freeing the NPUs its placed pods hold; 0 waits forever.
+    The cause is reported at once in the PodsPending condition and an event."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the training (and everything it created) this long after it finished."""
     scheduler_name: str | None = Field(default=None, max_length=253)
@@ -314,6 +334,8 @@ class DeepLabTrainingStatus(Model):
     """The current stage's attempt number."""
     attempt_id: str | None = None
     """Identifies the current attempt's pods and rank table (DEEPLAB_ATTEMPT)."""
+    attempt_start_time: str | None = None
+    """When the current attempt started (pendingTimeoutSeconds counts from here)."""
     epoch: str | None = None
     """Printable `epoch/epochs` of the current stage."""
     miou: float | None = None

@@ -3,7 +3,9 @@
 - ``410 Gone`` (the resourceVersion was compacted away): list again, then watch from the new list.
 - Silent stalls behind proxies: every watch is bounded by ``timeout_seconds`` and restarted from
   the last resourceVersion seen (bookmarks keep it fresh on quiet resources).
-- Errors: back off and list again; a list re-delivers every object, so no event is lost for good.
+- Errors: back off (at most ``MAX_BACKOFF``) and list again; a list re-delivers every object, so no
+  event is lost for good. The cap is short: after an API server restart the controller should see
+  changes again within seconds, and one list per informer every few seconds costs nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from kubernetes.watch.watch import iter_resp_lines
 
 log = logging.getLogger(__name__)
 
+MAX_BACKOFF = 8.0
 Handler = Callable[[str, dict[str, Any]], None]  # (event type, object); "SYNC" for listed objects
 
 
@@ -72,7 +75,7 @@ class Informer:
                     break
                 log.warning("%s: list/watch failed (%r); re-listing in %.1fs", self.name, error, delay)
                 self.stop.wait(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, MAX_BACKOFF)
 
     def _list(self) -> str:
         response = self.list_call(_preload_content=False, _request_timeout=30, **self.selectors)

@@ -37,20 +37,23 @@ def _trim(text: str) -> str:
     return re.sub(r"[^a-z0-9]+$", "", text)
 
 
-def fit(prefix: str, suffix: str = "", limit: int = LABEL_MAX) -> str:
+def fit(prefix: str, suffix: str = "", limit: int = LABEL_MAX, keep_dots: bool = False) -> str:
     """``prefix-suffix`` if it fits in ``limit``, else ``<prefix cut>-<hash(prefix)>-suffix``.
 
     The suffix survives intact (it tells pods of one attempt apart), the hash keeps two long
-    prefixes that share their first characters apart.
+    prefixes that share their first characters apart. A training name is a DNS subdomain and may
+    hold dots, which DNS labels (pod hostnames, Service names) may not: unless ``keep_dots``, dots
+    become dashes and, since ``a.b`` and ``a-b`` would then collide, the hash is always added.
     """
     tail = f"-{suffix}" if suffix else ""
-    whole = prefix + tail
-    if len(whole) <= limit:
+    clean = prefix if keep_dots else prefix.replace(".", "-")
+    whole = clean + tail
+    if len(whole) <= limit and clean == prefix:
         return whole
     room = limit - len(tail) - HASH_LEN - 1
     if room < 1:
         raise ValueError(f"suffix {suffix!r} leaves no room within {limit} characters")
-    return f"{_trim(prefix[:room]) or 'x'}-{_digest(prefix)}{tail}"
+    return f"{_trim(clean[:room]) or 'x'}-{_digest(prefix)}{tail}"
 
 
 def label_value(value: str) -> str:
@@ -69,11 +72,11 @@ def service_name(training: str) -> str:
 
 def configmap_name(training: str) -> str:
     """MindX DL convention: ``rings-config-<job>``."""
-    return fit(f"rings-config-{training}", limit=SUBDOMAIN_MAX)
+    return fit(f"rings-config-{training}", limit=SUBDOMAIN_MAX, keep_dots=True)
 
 
 def podgroup_name(training: str) -> str:
-    return fit(training, limit=SUBDOMAIN_MAX)
+    return fit(training, limit=SUBDOMAIN_MAX, keep_dots=True)
 
 
 def worker_name(training: str, stage: str, attempt: int, rank: int) -> str:

@@ -35,6 +35,19 @@ COND_RUNNING = "Running"
 COND_SUSPENDED = "Suspended"
 COND_SUCCEEDED = "Succeeded"
 COND_FAILED = "Failed"
+COND_PODS_PENDING = "PodsPending"
+# Container waiting reasons that will not clear by themselves (kubelet's names): reported at once.
+WAITING_PROBLEMS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+CAUSE_MAX = 400
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -57,6 +70,8 @@ class PodInfo:
     finished_at: str
     reason: str
     message: str
+    pending_reason: str = ""  # why a Pending pod does not run: Unschedulable, ImagePullBackOff, ...
+    pending_message: str = ""
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> PodInfo:
@@ -83,6 +98,7 @@ class PodInfo:
             finished_at=terminated.get("finishedAt") or "",
             reason=terminated.get("reason") or status.get("reason") or "",
             message=terminated.get("message") or status.get("message") or "",
+            **_pending_problem(status),
         )
 
     @property
@@ -99,6 +115,24 @@ class Observed:
     service: bool = False
     podgroup: bool = False
     logs: list[str] | None = None  # rank 0's log tail, None when not read this time
+
+
+def _pending_problem(status: dict[str, Any]) -> dict[str, str]:
+    """The scheduler's PodScheduled=False (no node fits, a missing PersistentVolumeClaim...) or a
+    container stuck waiting (image pull, bad config): what keeps a Pending pod from running."""
+    if status.get("phase", "Pending") != "Pending":
+        return {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return {
+                "pending_reason": condition.get("reason") or "Unschedulable",
+                "pending_message": condition.get("message") or "",
+            }
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in WAITING_PROBLEMS:
+            return {"pending_reason": waiting["reason"], "pending_message": waiting.get("message") or ""}
+    return {}
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -243,6 +277,7 @@ class _Planner:
         record.attempts += 1
         record.phase = Phase.PENDING
         record.start_time = record.start_time or self.ts
+        self.st.attempt_start_time = self.ts
         self.st.phase = Phase.PENDING
 
     # -- the decision -----------------------------------------------------------------------------
@@ -261,6 +296,8 @@ class _Planner:
             return self.finish()
         if self.st.phase == Phase.SUSPENDED:
             self.resume()
+        if self.st.attempt_start_time is None:  # a status written before the field existed
+            self.st.attempt_start_time = self.ts
         self.delete_stale()
         self.step()
         return self.finish()
@@ -350,6 +387,8 @@ class _Planner:
         failure = self.failure(pods, desired, launched)
         if failure is not None:
             self.attempt_failed(failure, pods)
+            return
+        if self.pending_timed_out(pods):
             return
         self.converge(pods, desired, launched)
 
@@ -480,15 +519,72 @@ class _Planner:
         else:
             self.actions.append(ReplaceConfigMap(manifest, cm["metadata"].get("resourceVersion", "")))
 
-    def update_phase(self, pods: list[PodInfo]) -> None:
+    def attempt_phase(self, pods: list[PodInfo]) -> Phase:
         workers = [p for p in pods if p.role == names.ROLE_WORKER]
         complete = len(workers) == self.t.spec.workers
         if complete and all(p.phase in ("Running", "Succeeded") for p in workers) and self.launched(pods):
-            phase = Phase.RUNNING
-        elif complete and all(p.pod_ip for p in workers):
-            phase = Phase.INITIALIZING
-        else:
-            phase = Phase.PENDING
+            return Phase.RUNNING
+        if complete and all(p.pod_ip for p in workers):
+            return Phase.INITIALIZING
+        return Phase.PENDING
+
+    # -- pods that do not start ----------------------------------------------------------------------
+    def pending_cause(self, pods: list[PodInfo]) -> tuple[str, str]:
+        """(reason, text) of the first pod (by rank) that cannot run, else ("Waiting", "")."""
+        stuck = sorted(
+            (p for p in pods if p.pending_reason and not p.deleting),
+            key=lambda p: (p.rank is None, p.rank or 0, p.name),
+        )
+        if not stuck:
+            return "Waiting", ""
+        pod = stuck[0]
+        who = f"pod {pod.name}" + (f" (worker {pod.rank})" if pod.rank is not None else f" ({pod.role})")
+        text = f"{who}: {pod.pending_reason}" + (f": {pod.pending_message}" if pod.pending_message else "")
+        return pod.pending_reason, text if len(text) <= CAUSE_MAX else text[: CAUSE_MAX - 3] + "..."
+
+    def pending_timed_out(self, pods: list[PodInfo]) -> bool:
+        """pendingTimeoutSeconds: an attempt whose pods do not all run in time fails the training (the
+        placed pods of a half-scheduled attempt would otherwise hold NPUs idle indefinitely)."""
+        limit = self.t.spec.pending_timeout_seconds
+        started = parse_time(self.st.attempt_start_time)
+        if not limit or started is None or self.attempt_phase(pods) == Phase.RUNNING:
+            return False
+        remaining = (started + timedelta(seconds=limit) - self.now).total_seconds()
+        if remaining > 0:
+            self.requeue.append(remaining)
+            return False
+        _, cause = self.pending_cause(pods)
+        waiting = sum(1 for p in pods if p.phase == "Pending") + max(
+            0, len(resources.desired_pods(self.t, self.st.stage_index, self.st.attempt)) - len(pods)
+        )
+        self.fail(
+            "PendingTimeout",
+            f"attempt {self.st.attempt}: {waiting} pod(s) not running after pendingTimeoutSeconds ({limit}s)"
+            + (f"; {cause}" if cause else ""),
+        )
+        return True
+
+    def update_pending(self, pods: list[PodInfo], phase: Phase) -> None:
+        """The PodsPending condition: True while the attempt waits for pods, with the cause when one is
+        known; a Warning event each time a new cause appears (not on every resync)."""
+        text = f"stage {self.stage_text()}, attempt {self.st.attempt}"
+        if phase == Phase.RUNNING:
+            self.set_condition(COND_PODS_PENDING, False, "PodsRunning", f"{text}: all pods running")
+            return
+        expected = len(resources.desired_pods(self.t, self.st.stage_index, self.st.attempt))
+        running = sum(1 for p in pods if p.phase in ("Running", "Succeeded"))
+        reason, cause = self.pending_cause(pods)
+        message = f"{cause}; " if cause else ""
+        message += f"{text}: {expected - running} of {expected} pod(s) not running"
+        old = next((c for c in self.st.conditions or [] if c.type == COND_PODS_PENDING), None)
+        reported = old is not None and old.status == "True" and old.reason == reason
+        if cause and not (reported and old.message.startswith(cause)):
+            self.event(reason, message, warning=True)
+        self.set_condition(COND_PODS_PENDING, True, reason, message)
+
+    def update_phase(self, pods: list[PodInfo]) -> None:
+        phase = self.attempt_phase(pods)
+        self.update_pending(pods, phase)
         if phase == Phase.RUNNING and self.st.phase != Phase.RUNNING:
             text = self.stage_text()
             self.event("Running", f"stage {text}, attempt {self.st.attempt}: all workers running")

@@ -9,6 +9,7 @@ write).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ TABLE_KEY = "hccl.json"
 RANKS_KEY = "ranks.json"
 MOUNT_PATH = "/user/serverid/devindex/config"  # MindX DL convention
 INITIALIZING: dict[str, Any] = {"status": "initializing"}
+MAX_DEVICE_ID = 4095  # far above any server's NPU count; guards against garbage ids
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,26 @@ def ready(workers: list[Worker], expected: int) -> bool:
 
 
 def _device(worker: Worker, local_index: int) -> tuple[str, str]:
-    """(device_id, device_ip) from the device plugin's annotation, else a node-local fallback."""
+    """(device_id, device_ip) from the device plugin's annotation, else a node-local fallback.
+
+    The annotation is another component's free text: only a non-negative integer device id and an
+    IP address are taken from it; anything else falls back rather than reaching HCCL.
+    """
+    fallback = (str(local_index), str(worker.pod_ip))
     try:
-        devices = json.loads(worker.annotation or "")["devices"]
-        device = devices[0]
-        return str(device["device_id"]), str(device.get("device_ip") or worker.pod_ip)
+        device = json.loads(worker.annotation or "")["devices"][0]
+        device_id, device_ip = device["device_id"], device.get("device_ip") or worker.pod_ip
     except (ValueError, KeyError, IndexError, TypeError):
-        return str(local_index), str(worker.pod_ip)
+        return fallback
+    if isinstance(device_id, bool) or not isinstance(device_id, int | str):
+        return fallback
+    if not str(device_id).isdigit() or not str(device_id).isascii() or int(device_id) > MAX_DEVICE_ID:
+        return fallback
+    try:
+        ip = str(ipaddress.ip_address(str(device_ip)))
+    except ValueError:
+        ip = str(worker.pod_ip)
+    return str(int(device_id)), ip
 
 
 def servers(workers: list[Worker]) -> list[tuple[str, list[Worker]]]:

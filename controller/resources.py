@@ -220,6 +220,23 @@ def _resources(t: Training, role: str) -> dict[str, Any]:
     return resources
 
 
+def security_context(t: Training) -> dict[str, Any]:
+    """The worker container's hardening: no privilege escalation, no capabilities, the runtime's
+    default seccomp profile. Non-root only for CPU workers (``npuResource`` empty; the CPU image runs
+    as uid 1000): on stock Atlas hosts the Ascend driver creates /dev/davinci* and the driver's
+    shared files root-owned, so NPU workers keep the image's root user, still without capabilities.
+    """
+    context: dict[str, Any] = {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if not t.spec.npu_resource:
+        context["runAsNonRoot"] = True
+    return context
+
+
 def _pod(t: Training, index: int, attempt: int, name: str, role: str, rank: int | None) -> dict[str, Any]:
     stage = t.spec.stages[index].name
     template = t.spec.template
@@ -242,6 +259,7 @@ def _pod(t: Training, index: int, attempt: int, name: str, role: str, rank: int 
         # The job writes its result JSON to /dev/termination-log; on a crash the log tail explains.
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": security_context(t),
     }
     if role == names.ROLE_SCHEDULER:
         container["ports"] = [{"name": "ms-sched", "containerPort": t.spec.scheduler_port}]

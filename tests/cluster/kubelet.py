@@ -164,3 +164,74 @@ def training_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
 def apply(kubectl, manifest: dict[str, Any]) -> None:
     result = kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
     assert result.returncode == 0, result.stderr
+
+
+class ControllerProcess:
+    """`python -m controller run` as a child process (one Deployment replica), stopped by its PID only."""
+
+    def __init__(self, identity: str, kubeconfig, logdir, as_user: str | None = SA_USER, *extra: str):
+        import subprocess
+        import sys
+
+        from envtest.plane import free_port
+
+        self.identity, self.port = identity, free_port()
+        self.log = logdir / f"{identity}.log"
+        cmd = [
+            sys.executable, "-m", "controller", "run", "--kubeconfig", str(kubeconfig),
+            "--identity", identity, "--health-addr", f"127.0.0.1:{self.port}",
+            "--lease-duration", "5", "--renew-deadline", "4", "--retry-period", "0.5",
+            "--log-interval", "2", "--resync-seconds", "5", "--watch-timeout", "20", "--log-level", "DEBUG",
+            *(["--as", as_user] if as_user else []), *extra,
+        ]  # fmt: skip
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def get(self, path: str) -> str:
+        import urllib.request
+
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2).read().decode()
+        except OSError:
+            return ""
+
+    def metric(self, name: str) -> float:
+        """Sum of a metric's samples (0 when absent)."""
+        total = 0.0
+        for line in self.get("/metrics").splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def signal(self, sig: int) -> None:
+        import os
+
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        import signal
+
+        self.signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def lease_holder(admin, namespace: str = "deeplab-system", name: str = "deeplab-operator") -> str:
+    try:
+        lease = client.CoordinationV1Api(admin).read_namespaced_lease(name, namespace, _preload_content=False)
+    except client.ApiException as error:
+        if error.status == 404:
+            return ""
+        raise
+    return (json.loads(lease.data).get("spec") or {}).get("holderIdentity") or ""

@@ -1,0 +1,287 @@
+"""Faults against the real API server: workers lost at every phase of an attempt, optimistic-
+concurrency conflicts, and gang scheduling that never half-starts."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+from kubelet import MERGE, apply, result_message, training_manifest, wait_for
+from kubernetes import client
+
+from controller import api
+
+pytestmark = pytest.mark.cluster
+
+HOSTS = ["172.16.5.1", "172.16.5.2"]
+
+
+def metric(controller, sample: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{controller.health_port}/metrics").read().decode()
+    line = next((x for x in body.splitlines() if x.startswith(sample + " ")), f"{sample} 0")
+    return float(line.rsplit(" ", 1)[1])
+
+
+def flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+class Attempts:
+    """Drives one training through attempts, checking every attempt's pods, table and command."""
+
+    def __init__(self, kubelet, kubectl, name: str):
+        self.kubelet, self.kubectl, self.name = kubelet, kubectl, name
+        self.number = 0
+        self.commands: list[list[str]] = []
+        self.tables: dict[str, dict[str, int]] = {}
+
+    def pods(self) -> list[dict]:
+        return self.kubelet.pods(self.name, attempt=str(self.number))
+
+    def next(self) -> list[dict]:
+        """The following attempt: its pods exist, the old ones are gone, its table is fresh."""
+        self.number += 1
+        pods = wait_for(f"attempt {self.number}", lambda: len(self.pods()) == 2 and self.pods())
+        wait_for("old attempts deleted", lambda: len(self.kubelet.pods(self.name)) == 2)
+        status = self.kubelet.status(self.name)
+        assert status["attempt"] == self.number
+        table, _ = wait_for(
+            "its own table",
+            lambda: (
+                self.kubelet.table(self.name)[1].get("attempt") == status["attemptId"]
+                and self.kubelet.table(self.name)
+            ),
+        )
+        assert table == {"status": "initializing"}, "never an earlier attempt's table"
+        self.commands.append(pods[0]["spec"]["containers"][0]["command"])
+        return pods
+
+    def place(self, pods: list[dict]) -> None:
+        self.kubelet.place(pods, HOSTS)
+        table, ranks = wait_for(
+            "complete table",
+            lambda: (
+                self.kubelet.table(self.name)[0].get("status") == "completed"
+                and self.kubelet.table(self.name)
+            ),
+        )
+        names = {p["metadata"]["name"] for p in pods}
+        assert set(ranks["ranks"]) == names, "the table lists exactly this attempt's pods"
+        ips = {d["device_ip"] for s in table["server_list"] for d in s["device"]}
+        assert len(ips) == 2
+        self.tables[ranks["attempt"]] = ranks["ranks"]
+        wait_for("Running", lambda: self.kubelet.status(self.name).get("phase") == "Running")
+
+    def evict(self, pod: str) -> None:
+        self.kubelet.patch_status(
+            pod, {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}
+        )
+
+    def delete(self, pod: str) -> None:
+        assert self.kubectl("delete", "pod", pod, "-n", self.kubelet.ns, "--wait=false").returncode == 0
+
+
+def test_a_worker_lost_at_any_phase_of_an_attempt_restarts_it_with_a_new_table_and_resumes(
+    controller, kubelet, kubectl
+):
+    name = "faulty"
+    apply(
+        kubectl,
+        training_manifest(
+            name,
+            kubelet.ns,
+            workers=2,
+            backoffLimit=20,
+            stages=[{"name": "only", "dataFile": "d.mindrecord0", "epochs": 3, "saveSteps": 50}],
+        ),
+    )
+    run = Attempts(kubelet, kubectl, name)
+    rank0 = f"{name}-only-a{{}}-w0"
+    rank1 = f"{name}-only-a{{}}-w1"
+
+    # -- before the table is complete ---------------------------------------------------------------
+    pods = run.next()
+    old_uid = pods[1]["metadata"]["uid"]
+    run.delete(rank1.format(1))  # nothing started yet: the pod is simply created again, same attempt
+    again = wait_for(
+        "w1 recreated",
+        lambda: [
+            p
+            for p in run.pods()
+            if p["metadata"]["name"] == rank1.format(1) and p["metadata"]["uid"] != old_uid
+        ],
+    )
+    assert again and kubelet.status(name)["attempt"] == 1
+    kubelet.place(run.pods()[:1], HOSTS[:1])
+    run.evict(rank0.format(1))  # evicted while its peer is still unscheduled
+    pods = run.next()
+    kubelet.place(pods[1:], HOSTS[1:])
+    kubelet.terminate(rank1.format(2), 1, "RuntimeError: device not ready")  # failed before the table
+    pods = run.next()
+
+    # -- while training -------------------------------------------------------------------------------
+    for fault in ("fail", "evict", "delete"):
+        run.place(pods)
+        victim = rank1.format(run.number)
+        if fault == "fail":
+            kubelet.terminate(victim, 1, "Traceback\nRuntimeError: HCCL timeout")
+        elif fault == "evict":
+            run.evict(victim)
+        else:
+            run.delete(victim)
+        pods = run.next()
+
+    # -- during the final result write: rank 0 has written its result, rank 1 is lost -----------------
+    for fault in ("fail", "evict", "delete"):
+        run.place(pods)
+        kubelet.terminate(rank0.format(run.number), 0, result_message(f"/checkpoints/{name}/only/final.ckpt"))
+        victim = rank1.format(run.number)
+        if fault == "fail":
+            kubelet.terminate(victim, 137, "", reason="OOMKilled")
+        elif fault == "evict":
+            run.evict(victim)
+        else:
+            run.delete(victim)
+        pods = run.next()
+
+    run.place(pods)
+    for pod in pods:
+        rank = pod["metadata"]["labels"]["deeplab.io/rank"]
+        message = result_message(f"/checkpoints/{name}/only/final.ckpt", 0.7) if rank == "0" else ""
+        kubelet.terminate(pod["metadata"]["name"], 0, message)
+    wait_for("Succeeded", lambda: kubelet.status(name).get("phase") == "Succeeded")
+    stage = kubelet.status(name)["stages"][0]
+    assert stage["attempts"] == run.number == 9 and stage["failures"] == 8
+    assert stage["checkpoint"] == f"/checkpoints/{name}/only/final.ckpt"
+    # resume: every attempt trains in the same directory with the same checkpoint interval, so the
+    # job restarts from the newest checkpoint there and loses at most saveSteps steps
+    assert len({flag(c, "--train_dir") for c in run.commands}) == 1
+    assert {flag(c, "--save_steps") for c in run.commands} == {"50"}
+    assert len(run.tables) == 7 and all(len(r) == 2 for r in run.tables.values())
+    events = kubectl(
+        "get", "events", "-n", kubelet.ns, "--field-selector", f"involvedObject.name={name}"
+    ).stdout
+    assert "Evicted" in events and "disappeared after the attempt started" in events
+
+
+def test_conflicts_are_retried_not_fatal(controller, kubelet, kubectl, admin, monkeypatch):
+    """A concurrent writer changes the training (and later the rank table) between the controller's
+    read and its write: the API server answers 409, the controller re-reads and plans again."""
+    name = "racy"
+    custom, core = client.CustomObjectsApi(admin), client.CoreV1Api(admin)
+    races = {"training": 0, "table": 0}
+    real_get, real_observe = controller.kube.get_training, controller.kube.observe
+
+    def racing_get(namespace, training):
+        obj = real_get(namespace, training)
+        if training == name and races["training"] < 2:
+            races["training"] += 1
+            custom.patch_namespaced_custom_object(
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                training,
+                {"metadata": {"annotations": {"race": str(races["training"])}}},
+            )
+        return obj
+
+    def racing_observe(t, *args):
+        observed = real_observe(t, *args)
+        pods = [p for p in observed.pods if (p.get("status") or {}).get("podIP")]
+        if t.name == name and observed.configmap and len(pods) == 2 and races["table"] < 2:
+            races["table"] += 1
+            core.patch_namespaced_config_map(
+                observed.configmap["metadata"]["name"],
+                t.namespace,
+                {"metadata": {"annotations": {"race": str(races["table"])}}},
+                _content_type=MERGE,
+            )
+        return observed
+
+    monkeypatch.setattr(controller.kube, "get_training", racing_get)
+    monkeypatch.setattr(controller.kube, "observe", racing_observe)
+    conflicts = metric(controller, 'deeplab_reconcile_total{result="conflict"}')
+
+    apply(
+        kubectl,
+        training_manifest(
+            name, kubelet.ns, workers=2, stages=[{"name": "only", "dataFile": "d.mindrecord0", "epochs": 1}]
+        ),
+    )
+    pods = wait_for("pods", lambda: len(kubelet.pods(name)) == 2 and kubelet.pods(name))
+    assert races["training"] == 2
+    kubelet.place(pods, HOSTS)
+    _, ranks = wait_for(
+        "complete table despite conflicts",
+        lambda: kubelet.table(name)[0].get("status") == "completed" and kubelet.table(name),
+    )
+    assert races["table"] == 2 and set(ranks["ranks"]) == {p["metadata"]["name"] for p in pods}
+    wait_for("Running", lambda: kubelet.status(name).get("phase") == "Running")
+    assert metric(controller, 'deeplab_reconcile_total{result="conflict"}') >= conflicts + 4
+    status = kubelet.status(name)
+    assert status["attempt"] == 1 and status["stages"][0]["attempts"] == 1, "a conflict is not a new attempt"
+    assert len(kubelet.pods(name)) == 2 and controller.healthy()
+
+
+PODGROUP_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podgroups.scheduling.volcano.sh"},
+    "spec": {
+        "group": "scheduling.volcano.sh",
+        "scope": "Namespaced",
+        "names": {"plural": "podgroups", "singular": "podgroup", "kind": "PodGroup", "shortNames": ["pg"]},
+        "versions": [{"name": "v1beta1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+    },
+}  # fmt: skip
+
+
+def test_gang_scheduling_is_all_or_nothing_and_a_stuck_gang_is_released(controller, kubelet, kubectl):
+    """Volcano's contract (not Volcano itself): a PodGroup with minMember = every pod of the attempt,
+    each pod naming it and schedulerName volcano; a gang that never fits is failed after
+    pendingTimeoutSeconds with every pod deleted, so no half of it holds NPUs."""
+    installed = kubectl("apply", "-f", "-", stdin=json.dumps(PODGROUP_CRD))
+    assert installed.returncode == 0, installed.stderr
+    try:
+        kubectl("wait", "--for=condition=Established", "crd/podgroups.scheduling.volcano.sh", "--timeout=30s")
+        one = [{"name": "only", "dataFile": "d.mindrecord0", "epochs": 1}]
+        apply(
+            kubectl,
+            training_manifest(
+                "gang-table", kubelet.ns, workers=2, gang="volcano", stages=one, pendingTimeoutSeconds=6
+            ),
+        )
+        apply(
+            kubectl,
+            training_manifest(
+                "gang-dyn",
+                kubelet.ns,
+                workers=2,
+                gang="volcano",
+                stages=one,
+                launcher="dynamicCluster",
+                npuResource="",
+            ),
+        )
+        for name, members in (("gang-table", 2), ("gang-dyn", 3)):
+            pods = wait_for(
+                f"{name} pods", lambda n=name, m=members: len(kubelet.pods(n)) == m and kubelet.pods(n)
+            )
+            group = json.loads(
+                kubectl("get", "podgroups.scheduling.volcano.sh", name, "-n", kubelet.ns, "-o", "json").stdout
+            )
+            assert group["spec"]["minMember"] == members == len(pods)
+            assert group["metadata"]["ownerReferences"][0]["name"] == name
+            for pod in pods:
+                assert pod["spec"]["schedulerName"] == "volcano"
+                assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == name
+        # Volcano binds none of gang-table's pods (it does not fit): after 6s it is released entirely
+        wait_for("PendingTimeout", lambda: kubelet.status("gang-table").get("phase") == "Failed", timeout=20)
+        assert kubelet.status("gang-table")["reason"] == "PendingTimeout"
+        wait_for("no pod of the gang left", lambda: not kubelet.pods("gang-table"))
+    finally:
+        kubectl("delete", "dlt", "--all", "-n", kubelet.ns, "--wait=false")
+        kubectl("delete", "crd", "podgroups.scheduling.volcano.sh", "--timeout=60s")
