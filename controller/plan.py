@@ -313,9 +313,11 @@ class _Planner:
         )
 
     def finished(self) -> None:
-        """Free the NPUs of anything still running; keep finished pods for `kubectl logs`."""
+        """Free the NPUs of anything still running. A failed training keeps its finished pods for
+        `kubectl logs`; a succeeded one keeps none (stage success cleans up). Level-triggered: a
+        controller that died between the status write and the deletions completes them here."""
         for pod in self.pods:
-            if not pod.finished:
+            if self.st.phase == Phase.SUCCEEDED or not pod.finished:
                 self.delete(pod)
         ttl = self.t.spec.ttl_seconds_after_finished
         done = parse_time(self.st.completion_time)

@@ -8,7 +8,12 @@ exactly what a kubelet reports.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +21,7 @@ from kubernetes import client
 
 from controller import api, names
 from controller.ranktable import DEVICE_ANNOTATION
+from envtest.plane import free_port
 
 SA_USER = "system:serviceaccount:deeplab-system:deeplab-operator"
 MERGE = "application/merge-patch+json"
@@ -170,11 +176,6 @@ class ControllerProcess:
     """`python -m controller run` as a child process (one Deployment replica), stopped by its PID only."""
 
     def __init__(self, identity: str, kubeconfig, logdir, as_user: str | None = SA_USER, *extra: str):
-        import subprocess
-        import sys
-
-        from envtest.plane import free_port
-
         self.identity, self.port = identity, free_port()
         self.log = logdir / f"{identity}.log"
         cmd = [
@@ -188,8 +189,6 @@ class ControllerProcess:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def get(self, path: str) -> str:
-        import urllib.request
-
         try:
             return urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2).read().decode()
         except OSError:
@@ -204,21 +203,14 @@ class ControllerProcess:
         return total
 
     def signal(self, sig: int) -> None:
-        import os
-
         if self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
-        import signal
-
         self.signal(signal.SIGKILL)
         self.proc.wait(10)
 
     def stop(self) -> None:
-        import signal
-        import subprocess
-
         if self.proc.poll() is None:
             self.signal(signal.SIGTERM)
             try:

@@ -3,73 +3,25 @@ takes the Lease and carries on with the same pods; a graceful stop hands the Lea
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
-from kubelet import SA_USER, apply, result_message, training_manifest, wait_for
-from kubernetes import client
-
-from envtest.plane import free_port
+from kubelet import (
+    SA_USER,
+    ControllerProcess,
+    apply,
+    lease_holder,
+    result_message,
+    training_manifest,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
+FAST_LOGS = ("--log-interval", "1")  # read rank 0's log every second (the last flag wins)
 HOSTS = ["172.16.1.1", "172.16.1.1", "172.16.1.2", "172.16.1.2"]
-LEASE = ("deeplab-system", "deeplab-operator")
-
-
-class Replica:
-    """`python -m controller` as a child process, stopped by its PID."""
-
-    def __init__(self, identity: str, kubeconfig: Path, logdir: Path):
-        self.identity, self.port = identity, free_port()
-        self.log = logdir / f"{identity}.log"
-        cmd = [
-            sys.executable, "-m", "controller", "run", "--kubeconfig", str(kubeconfig), "--as", SA_USER,
-            "--identity", identity, "--health-addr", f"127.0.0.1:{self.port}",
-            "--lease-duration", "5", "--renew-deadline", "4", "--retry-period", "0.5",
-            "--log-interval", "1", "--resync-seconds", "5", "--watch-timeout", "20", "--log-level", "DEBUG",
-        ]  # fmt: skip
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def get(self, path: str) -> str:
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2).read().decode()
-        except OSError:
-            return ""
-
-    def signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait(5)
-
-
-def holder(admin) -> str:
-    try:
-        lease = client.CoordinationV1Api(admin).read_namespaced_lease(
-            LEASE[1], LEASE[0], _preload_content=False
-        )
-    except client.ApiException as error:
-        if error.status == 404:
-            return ""
-        raise
-    return (json.loads(lease.data).get("spec") or {}).get("holderIdentity") or ""
 
 
 def test_leader_killed_mid_stage_standby_continues_without_duplicates(
@@ -78,9 +30,11 @@ def test_leader_killed_mid_stage_standby_continues_without_duplicates(
     with ExitStack() as stack:
         replicas = {}
         for name in ("ctl-a", "ctl-b"):
-            replicas[name] = Replica(name, control_plane.kubeconfig, tmp_path)
+            replicas[name] = ControllerProcess(name, control_plane.kubeconfig, tmp_path, SA_USER, *FAST_LOGS)
             stack.callback(replicas[name].stop)
-        leader = wait_for("a leader", lambda: holder(admin) in replicas and holder(admin), timeout=20)
+        leader = wait_for(
+            "a leader", lambda: lease_holder(admin) in replicas and lease_holder(admin), timeout=20
+        )
         standby = next(name for name in replicas if name != leader)
         wait_for("the standby is ready too", lambda: replicas[standby].get("/readyz") == "ok")
         assert "deeplab_leader 0.0" in replicas[standby].get("/metrics")
@@ -96,7 +50,7 @@ def test_leader_killed_mid_stage_standby_continues_without_duplicates(
 
         replicas[leader].signal(signal.SIGKILL)  # no goodbye: the Lease has to expire
         replicas[leader].proc.wait(5)
-        wait_for("the standby takes over", lambda: holder(admin) == standby, timeout=15)
+        wait_for("the standby takes over", lambda: lease_holder(admin) == standby, timeout=15)
         wait_for(
             "the new leader has reconciled", lambda: 'result="success"' in replicas[standby].get("/metrics")
         )
@@ -106,7 +60,9 @@ def test_leader_killed_mid_stage_standby_continues_without_duplicates(
         status = kubelet.status("resilient")
         assert status["phase"] == "Running" and status["attempt"] == 1
 
-        replicas["ctl-c"] = Replica("ctl-c", control_plane.kubeconfig, tmp_path)  # the Deployment's restart
+        replicas["ctl-c"] = ControllerProcess(
+            "ctl-c", control_plane.kubeconfig, tmp_path, SA_USER, *FAST_LOGS
+        )  # the Deployment's restart
         stack.callback(replicas["ctl-c"].stop)
         for pod in kubelet.pods("resilient"):
             rank0 = pod["metadata"]["labels"]["deeplab.io/rank"] == "0"
@@ -120,7 +76,7 @@ def test_leader_killed_mid_stage_standby_continues_without_duplicates(
         started = time.monotonic()
         replicas[standby].signal(signal.SIGTERM)
         assert replicas[standby].proc.wait(15) == 0
-        wait_for("ctl-c takes over", lambda: holder(admin) == "ctl-c", timeout=10)
+        wait_for("ctl-c takes over", lambda: lease_holder(admin) == "ctl-c", timeout=10)
         assert time.monotonic() - started < 4.5, "released at once, not left to expire (5s)"
         second = kubelet.pods("resilient", stage="s8")
         kubelet.place(second, HOSTS)
