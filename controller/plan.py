@@ -30,7 +30,9 @@ from controller.api import (
     Training,
 )
 
-EXIT_BAD_INPUT = 2  # the job's configuration/data error: retrying cannot help
+# The job's configuration/data error (job.recipe.EXIT_BAD_INPUT; the controller image does not import
+# the job, tests/unit/test_resources.py keeps the two equal): retrying cannot help.
+EXIT_BAD_INPUT = 2
 COND_RUNNING = "Running"
 COND_SUSPENDED = "Suspended"
 COND_SUCCEEDED = "Succeeded"

@@ -7,8 +7,9 @@ from pathlib import Path
 import yaml
 from sim import training_obj
 
-from controller import resources
+from controller import plan, resources
 from controller.api import DeepLabTrainingSpec, Training
+from job import recipe
 from job.recipe import VOC_STAGES
 
 SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
@@ -134,3 +135,7 @@ def test_samples_parse():
     for path in SAMPLES.glob("*.yaml"):
         doc = yaml.safe_load(path.read_text())
         DeepLabTrainingSpec.model_validate(doc["spec"])
+
+
+def test_the_permanent_exit_code_is_the_jobs():
+    assert plan.EXIT_BAD_INPUT == recipe.EXIT_BAD_INPUT
