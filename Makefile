@@ -20,6 +20,18 @@ $(DEV_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(JOB_STAMP)
 
+# Benchmarks (bench/README.md): not part of `make test`; rewrites bench/RESULTS.md.
+BENCH_STAMP := $(VENV)/.stamp-bench
+TORCH_VERSION := 2.15.0
+
+$(BENCH_STAMP): pyproject.toml $(DEV_STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m pip install --quiet --no-deps torch==$(TORCH_VERSION)
+	touch $@
+
+bench: $(BENCH_STAMP) control-plane
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 demo: $(JOB_STAMP)
 	$(PY) -m job demo
 
