@@ -30,6 +30,9 @@ class Conflict(Exception):
     """Optimistic concurrency lost (HTTP 409): re-read and plan again."""
 
 
+CONNECTIONS = 16
+
+
 def api_client(kubeconfig: str | None = None, context: str | None = None, as_user: str | None = None):
     """In-cluster config when running in a pod, else a kubeconfig (``--kubeconfig`` or the default).
 
@@ -37,6 +40,8 @@ def api_client(kubeconfig: str | None = None, context: str | None = None, as_use
     ServiceAccount's RBAC while holding admin credentials.
     """
     configuration = client.Configuration()
+    # One connection per concurrent pod create (runtime.CREATE_CONCURRENCY); urllib3's default is 4.
+    configuration.connection_pool_maxsize = CONNECTIONS
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(client_configuration=configuration)
     else:

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +27,7 @@ from prometheus_client.core import GaugeMetricFamily
 from controller import api, kube, names
 from controller.informer import Informer
 from controller.leader import LeaderElector
-from controller.plan import Event, plan, rank0_pod
+from controller.plan import Create, Event, plan, rank0_pod
 from controller.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,22 @@ class _PhaseCollector:
         for phase, count in counts.items():
             family.add_metric([phase], count)
         yield family
+
+
+def _batches(actions: list) -> list[list]:
+    """Consecutive pod creates form one batch (they are independent and idempotent); every other
+    action is a batch of its own, so the plan's order holds between different kinds of action."""
+    batches: list[list] = []
+    for action in actions:
+        if _is_pod_create(action) and batches and _is_pod_create(batches[-1][-1]):
+            batches[-1].append(action)
+        else:
+            batches.append([action])
+    return batches
+
+
+def _is_pod_create(action) -> bool:
+    return isinstance(action, Create) and action.manifest["kind"] == "Pod"
 
 
 class Controller:
@@ -268,18 +285,36 @@ class Controller:
             self.kube.replace_status(obj, result.status)
         for event in result.events:
             self.kube.event(training, event, self.identity)
-        for action in result.actions:
-            try:
-                self.kube.apply(training, action)
-            except ApiException as error:
-                self._report_failed_action(key, training, action, error)
-                raise
+        for batch in _batches(result.actions):
+            self._apply_batch(key, training, batch)
         delays = [d for d in (result.requeue_after,) if d is not None]
         # Active trainings are looked at again every log_interval: progress lines, and children
         # without an informer (the rank-table ConfigMap: no list/watch on ConfigMaps, see rbac.yaml).
         if result.status.get("phase") not in FINISHED_OR_SUSPENDED:
             delays.append(self.options.log_interval)
         return min(delays) if delays else None
+
+    def _apply_batch(self, key: Key, training: api.Training, batch: list) -> None:
+        """Apply actions in order; a batch of pod creates goes out concurrently (a 512-worker attempt
+        is 512 round trips: one at a time they took ~10 s here, 16 at a time ~6 s, see bench/)."""
+
+        def apply(action) -> tuple[Any, ApiException] | None:
+            try:
+                self.kube.apply(training, action)
+            except ApiException as error:
+                return action, error
+            return None
+
+        if len(batch) == 1:
+            outcomes = [apply(batch[0])]
+        else:
+            with ThreadPoolExecutor(kube.CONNECTIONS) as pool:
+                outcomes = list(pool.map(apply, batch))
+        failures = [outcome for outcome in outcomes if outcome is not None]
+        if failures:
+            action, error = failures[0]  # one event for the batch, not one per refused pod
+            self._report_failed_action(key, training, action, error)
+            raise error
 
     def _report_failed_action(self, key: Key, training: api.Training, action, error: ApiException) -> None:
         """A refused create/delete (quota, admission, a missing Volcano CRD) is told on the training once

@@ -78,3 +78,17 @@ def test_queue_delayed_add_and_shutdown():
     q.shutdown()
     thread.join(2)
     assert waiter == [None]
+
+
+def test_only_consecutive_pod_creates_are_batched_and_the_order_holds():
+    from controller.plan import Create, Delete
+    from controller.runtime import _batches
+
+    def create(kind: str, name: str) -> Create:
+        return Create({"kind": kind, "metadata": {"name": name}})
+
+    stale = Delete("Pod", "old", "uid")
+    cm, svc = create("ConfigMap", "rings"), create("Service", "svc")
+    pods = [create("Pod", f"w{i}") for i in range(3)]
+    assert _batches([stale, cm, *pods, svc, pods[0]]) == [[stale], [cm], pods, [svc], [pods[0]]]
+    assert _batches([]) == []
