@@ -7,6 +7,7 @@ calls it first thing, before it imports any module that imports MindSpore.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -87,4 +88,25 @@ def select_device(target: str = "auto") -> str:
         # backend already (a second command in one process, e.g. the tests) is fine.
         if ms.get_context("device_target") != resolved:
             raise
+    if resolved == "CPU":
+        set_cpu_threads(ms)
     return resolved
+
+
+def usable_cpus(cpu_max: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod's limit)."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+    except (OSError, ValueError):
+        return count
+    if quota == "max":
+        return count
+    return max(1, min(count, int(quota) // int(period)))
+
+
+def set_cpu_threads(ms) -> None:
+    """One kernel thread per usable CPU: MindSpore's default ran at 0.76x of that on 2 cores
+    (bench/RESULTS.md). Skipped once kernels ran (the setting is then fixed) or when unsupported."""
+    with contextlib.suppress(RuntimeError, AttributeError):
+        ms.device_context.cpu.op_tuning.threads_num(usable_cpus())

@@ -34,3 +34,19 @@ def test_unreadable_cpuinfo_changes_nothing(tmp_path: Path):
     env: dict[str, str] = {}
     device.prepare_environment(env, tmp_path / "absent")
     assert env == {}
+
+
+def test_usable_cpus_honours_a_cgroup_quota(tmp_path):
+    import os
+
+    from job.device import usable_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    assert usable_cpus(cpu_max) == affinity
+    cpu_max.write_text("50000 100000\n")  # half a CPU: still one thread
+    assert usable_cpus(cpu_max) == 1
+    cpu_max.write_text(f"{(affinity + 4) * 100000} 100000\n")  # a quota above the affinity
+    assert usable_cpus(cpu_max) == affinity
+    assert usable_cpus(tmp_path / "missing") == affinity
