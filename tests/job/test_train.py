@@ -155,15 +155,21 @@ def test_resume_restores_step_lr_position_and_momentum(dataset, train_dir):
 
 def test_restart_continues_and_sigterm_saves_and_exits_143(dataset, train_dir):
     args = train_args(dataset["data_file"], train_dir, "--train_epochs", "10", "--save_steps", "1000")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_file = train_dir.parent / "sigterm-stderr.txt"
+    with open(err_file, "w") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True)
     try:
         first = json.loads(proc.stdout.readline())
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=120)
+        # read() drains what readline() already buffered too (communicate() reads the raw pipe and
+        # would lose lines that arrived together with the first one).
+        stdout = proc.stdout.read()
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    stderr = err_file.read_text()
     assert first["event"] == "progress" and first["step"] == 9, first  # continued, not restarted
     assert proc.returncode == recipe.EXIT_INTERRUPTED, stderr[-3000:]
     last = json_lines(stdout)[-1]
