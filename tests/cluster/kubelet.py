@@ -111,24 +111,26 @@ class Kubelet:
             self.patch_status(pod["metadata"]["name"], {"phase": "Running"})
 
     def terminate(self, pod: str, code: int, message: str = "", reason: str | None = None) -> None:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        state = {
-            "terminated": {
-                "exitCode": code,
-                "reason": reason or ("Completed" if code == 0 else "Error"),
-                "message": message,
-                "startedAt": now,
-                "finishedAt": now,
-            }
+        self.patch_status(pod, terminated_status(code, message, reason))
+
+
+def terminated_status(code: int, message: str = "", reason: str | None = None) -> dict[str, Any]:
+    """A finished worker's pod status, as kubelet reports it (the termination message included)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    state = {
+        "terminated": {
+            "exitCode": code,
+            "reason": reason or ("Completed" if code == 0 else "Error"),
+            "message": message,
+            "startedAt": now,
+            "finishedAt": now,
         }
-        container = {"name": "worker", "image": "worker", "imageID": "", "ready": False, "restartCount": 0}
-        self.patch_status(
-            pod,
-            {
-                "phase": "Succeeded" if code == 0 else "Failed",
-                "containerStatuses": [{**container, "state": state}],
-            },
-        )
+    }
+    container = {"name": "worker", "image": "worker", "imageID": "", "ready": False, "restartCount": 0}
+    return {
+        "phase": "Succeeded" if code == 0 else "Failed",
+        "containerStatuses": [{**container, "state": state}],
+    }
 
 
 def result_message(checkpoint: str, miou: float | None = None) -> str:

@@ -20,6 +20,7 @@ from kubelet import (
     apply,
     lease_holder,
     result_message,
+    terminated_status,
     training_manifest,
     wait_for,
 )
@@ -97,32 +98,7 @@ class FakeCluster:
         self._status(name, {"hostIP": host, "podIP": f"10.200.{training}.{slot}", "phase": "Running"})
 
     def _terminate(self, pod: str, code: int, message: str = "", reason: str | None = None) -> None:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        state = {
-            "terminated": {
-                "exitCode": code,
-                "reason": reason or ("Completed" if code == 0 else "Error"),
-                "message": message,
-                "startedAt": now,
-                "finishedAt": now,
-            }
-        }
-        self._status(
-            pod,
-            {
-                "phase": "Succeeded" if code == 0 else "Failed",
-                "containerStatuses": [
-                    {
-                        "name": "worker",
-                        "image": "w",
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "state": state,
-                    }
-                ],
-            },
-        )
+        self._status(pod, terminated_status(code, message, reason))
 
     def _fault(self, training: str, pod: str, kind: str) -> None:
         self.faults[kind] += 1
