@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 JOB_STAMP := $(VENV)/.stamp-job
 DEV_STAMP := $(VENV)/.stamp-dev
 
-.PHONY: demo test lint format crd cluster cluster-down control-plane bench clean
+.PHONY: demo test lint format crd lock cluster cluster-down control-plane bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,17 @@ format: $(DEV_STAMP)
 # The CRD is generated from controller/api.py; lint fails when the committed file is stale.
 crd: $(DEV_STAMP)
 	$(PY) -m controller crd --write
+
+# The images install their packages from these hashed locks (pip --require-hashes). Run after changing a
+# dependency in pyproject.toml; existing pins are kept unless `make lock LOCK_ARGS=--upgrade`. The target
+# is CPython 3.11 on Linux from any host (the aarch64 resolution is the same; README "Images").
+LOCK := $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' $(LOCK_ARGS) \
+	pyproject.toml images/build-requirements.in
+
+lock: $(DEV_STAMP)
+	$(LOCK) --extra controller -o images/requirements-controller.lock
+	$(LOCK) --extra job -o images/requirements-worker.lock
 
 test: lint control-plane
 	$(PY) -m pytest

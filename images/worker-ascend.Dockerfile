@@ -1,17 +1,22 @@
-# A DeepLabV3 worker for Ascend NPUs. BASE_IMAGE must provide CANN (matching the hosts' NPU driver) and a
-# Python 3.9-3.12 interpreter as `python3`; see README "Images" for bases that fit.
-# Build from the repository root:
-#   docker build -f images/worker-ascend.Dockerfile --build-arg BASE_IMAGE=<cann image> -t IMAGE .
+# A DeepLabV3 worker for Ascend NPUs. BASE_IMAGE must provide CANN (matching the hosts' NPU driver) and
+# CPython 3.11 as `python3` (images/requirements-worker.lock is resolved for 3.11, on x86_64 and aarch64
+# alike); see README "Images" for bases that fit. Build from the repository root, base pinned by digest:
+#   docker build -f images/worker-ascend.Dockerfile -t IMAGE . \
+#       --build-arg BASE_IMAGE=<cann-image>@sha256:<digest>
 ARG BASE_IMAGE=quay.io/ascend/cann:8.2.rc1-910b-ubuntu22.04-py3.11
 
 FROM ${BASE_IMAGE} AS build
 RUN python3 -m venv /opt/venv
 WORKDIR /src
+# Every third-party file (MindSpore included) is checked against the lock's hashes; then the project
+# itself is built offline with the locked setuptools. `pip check` fails a lock missing a dependency.
+COPY images/requirements-worker.lock /tmp/requirements.lock
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements.lock
 COPY pyproject.toml README.md ./
+# Only the package this image runs: no controller/, no envtest/.
 COPY job job
-COPY controller controller
-COPY envtest envtest
-RUN /opt/venv/bin/pip install --no-cache-dir ".[job]"
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation --no-index . \
+    && /opt/venv/bin/pip check
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="deeplab-operator worker (Ascend)" \
