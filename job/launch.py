@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import reprlib
 import signal
 import socket
 import sys
@@ -40,6 +41,10 @@ class NotReady(Exception):
     """The table is not (yet) the completed one of this attempt."""
 
 
+class Unreadable(NotReady):
+    """Not valid JSON: waited for (a writer may be mid-way), refused as bad input if it stays so."""
+
+
 @dataclass(frozen=True)
 class Placement:
     rank: int
@@ -48,71 +53,147 @@ class Placement:
     server_id: str
 
 
-def validate_table(table: object) -> dict[int, tuple[str, str]]:
+RANK_DIGITS = 9  # no table has a billion ranks; longer numbers are refused before int() parses them
+SHOW_MAX = 80  # characters of a quoted value in an error line
+
+
+def _show(value: object) -> str:
+    """A value quoted in a one-line error: bounded however large the table's value is."""
+    text = reprlib.repr(value)
+    return text if len(text) <= SHOW_MAX else text[: SHOW_MAX - 3] + "..."
+
+
+def _rank(value: object) -> int | None:
+    """A rank id as v1.0 tables write it ("3"), or as a JSON integer: non-negative, else None."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= RANK_DIGITS:
+        return int(value)
+    if type(value) is int and 0 <= value < 10**RANK_DIGITS:
+        return value
+    return None
+
+
+def validate_table(table: object, source: str = "rank table") -> dict[int, tuple[str, str]]:
     """Check a completed v1.0 table; return rank -> (server_id, device_id).
 
     HCCL fails late and obscurely on a bad table, so everything it relies on is checked up front:
     string values, ranks 0..N-1 each once, ranks contiguous within a server, a true server count.
+    Every problem is a BadInput naming ``source``: a table does not repair itself, so a retry
+    cannot help (exit 2, never a traceback).
     """
     if not isinstance(table, dict):
-        raise BadInput("rank table: not a JSON object")
+        raise BadInput(f"{source}: not a JSON object but {type(table).__name__} {_show(table)}")
     if table.get("version") != "1.0":
-        raise BadInput(f"rank table: version {table.get('version')!r} is not the supported '1.0'")
+        raise BadInput(f"{source}: version {_show(table.get('version'))} is not the supported '1.0'")
     servers = table.get("server_list")
     if not isinstance(servers, list) or not servers:
-        raise BadInput("rank table: server_list is missing or empty")
+        raise BadInput(f"{source}: server_list is missing or empty")
     if str(table.get("server_count")) != str(len(servers)):
         raise BadInput(
-            f"rank table: server_count {table.get('server_count')!r} but {len(servers)} servers listed"
+            f"{source}: server_count {_show(table.get('server_count'))} but {len(servers)} servers listed"
         )
     ranks: dict[int, tuple[str, str]] = {}
     for index, server in enumerate(servers):
         server_id = server.get("server_id") if isinstance(server, dict) else None
         devices = server.get("device") if isinstance(server, dict) else None
-        if not server_id or not isinstance(devices, list) or not devices:
-            raise BadInput(f"rank table: server_list[{index}] lacks server_id or devices")
-        server_ranks = [_rank_of(device, index) for device in devices]
+        if not isinstance(server_id, str) or not server_id or not isinstance(devices, list) or not devices:
+            raise BadInput(f"{source}: server_list[{index}] lacks server_id or devices")
+        placed = [
+            _device(device, f"{source}: server_list[{index}].device[{i}]") for i, device in enumerate(devices)
+        ]
+        server_ranks = [rank for rank, _ in placed]
         if server_ranks != list(range(server_ranks[0], server_ranks[0] + len(server_ranks))):
-            raise BadInput(f"rank table: ranks {server_ranks} of server {server_id} are not contiguous")
-        for device, rank in zip(devices, server_ranks, strict=True):
+            raise BadInput(
+                f"{source}: ranks {_show(server_ranks)} of server {_show(server_id)} are not contiguous"
+            )
+        for rank, device_id in placed:
             if rank in ranks:
-                raise BadInput(f"rank table: rank_id {rank} appears twice")
-            ranks[rank] = (str(server_id), str(device.get("device_id")))
+                raise BadInput(f"{source}: rank_id {rank} appears twice")
+            ranks[rank] = (server_id, device_id)
     if sorted(ranks) != list(range(len(ranks))):
-        raise BadInput(f"rank table: rank ids {sorted(ranks)} are not 0..{len(ranks) - 1}")
+        raise BadInput(f"{source}: rank ids {_show(sorted(ranks))} are not 0..{len(ranks) - 1}")
     return ranks
 
 
-def _rank_of(device: object, server_index: int) -> int:
+def _device(device: object, where: str) -> tuple[int, str]:
+    """(rank, device_id) of one device entry."""
+    if not isinstance(device, dict):
+        raise BadInput(f"{where} is not an object but {_show(device)}")
+    rank = _rank(device.get("rank_id"))
+    if rank is None:
+        raise BadInput(f"{where} has no integer rank_id >= 0: {_show(device.get('rank_id'))}")
+    device_id = device.get("device_id")
+    if not isinstance(device_id, str) or not device_id:
+        raise BadInput(f"{where} has no device_id string: {_show(device_id)}")
+    return rank, device_id
+
+
+def _read(path: Path) -> str:
+    """A mounted file: absent is NotReady (kubelet has not mounted it yet); anything else unusable
+    (a directory, no permission, not UTF-8) is BadInput."""
     try:
-        return int(device["rank_id"])  # type: ignore[index]
-    except (TypeError, KeyError, ValueError):
-        raise BadInput(
-            f"rank table: a device of server_list[{server_index}] has no integer rank_id"
-        ) from None
+        return path.read_text()
+    except FileNotFoundError:
+        raise NotReady(f"{path} does not exist yet") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInput(f"{path}: cannot be read ({error.__class__.__name__}: {_show(str(error))})") from None
+
+
+def _parse(path: Path, text: str) -> object:
+    """Unparsable JSON is Unreadable (waited for); JSON Python refuses (nesting too deep, an integer
+    of thousands of digits) is BadInput at once."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise Unreadable(f"{path}: not valid JSON ({error})") from None
+    except (ValueError, RecursionError) as error:
+        raise BadInput(f"{path}: unusable JSON ({error.__class__.__name__}: {_show(str(error))})") from None
+
+
+def _pod_ranks(meta: object, ranks_path: Path) -> dict[str, int]:
+    """The operator's pod -> rank map, checked as strictly as the table: {pod name: integer rank}."""
+    pod_ranks = meta.get("ranks") if isinstance(meta, dict) else None
+    if not isinstance(pod_ranks, dict):
+        raise BadInput(f"{ranks_path}: ranks is not a map of pod name to rank but {_show(pod_ranks)}")
+    for pod, rank in pod_ranks.items():
+        if type(rank) is not int or rank < 0:
+            raise BadInput(
+                f"{ranks_path}: rank {_show(rank)} of pod {_show(pod)} is not a non-negative integer"
+            )
+    return pod_ranks
 
 
 def read_placement(table_path: Path, ranks_path: Path, pod: str, attempt: str | None) -> Placement:
     """This pod's place in a completed table of this attempt; NotReady while it is not there yet."""
-    try:
-        meta = json.loads(ranks_path.read_text())
-        table = json.loads(table_path.read_text())
-    except FileNotFoundError as missing:
-        raise NotReady(f"{missing.filename} does not exist yet") from None
-    except ValueError as error:
-        raise NotReady(f"unreadable JSON ({error})") from None  # kubelet may be mid-swap
+    # Kubelet swaps both files at once, but between two reads: the map read again must be unchanged,
+    # else a table and a map of different writes could meet (a completed table, an empty map).
+    ranks_text = _read(ranks_path)
+    table = _parse(table_path, _read(table_path))
+    if _read(ranks_path) != ranks_text:
+        raise NotReady(f"{ranks_path} changed while the table was read")
+    meta = _parse(ranks_path, ranks_text)
+    if not isinstance(meta, dict):
+        raise BadInput(f"{ranks_path}: not a JSON object but {type(meta).__name__} {_show(meta)}")
+    if not isinstance(table, dict):
+        raise BadInput(
+            f"rank table {table_path}: not a JSON object but {type(table).__name__} {_show(table)}"
+        )
     if table.get("status") != "completed":
-        raise NotReady(f"{table_path} status is {table.get('status')!r}")
+        raise NotReady(f"{table_path} status is {_show(table.get('status'))}")
     if attempt and meta.get("attempt") != attempt:
         # kubelet refreshes ConfigMap volumes lazily: this may still be the previous attempt's table.
-        raise NotReady(f"{ranks_path} belongs to attempt {meta.get('attempt')!r}, this pod to {attempt!r}")
-    by_rank = validate_table(table)
-    pod_ranks = meta.get("ranks")
-    if not isinstance(pod_ranks, dict) or pod not in pod_ranks:
+        raise NotReady(
+            f"{ranks_path} belongs to attempt {_show(meta.get('attempt'))}, this pod to {attempt!r}"
+        )
+    by_rank = validate_table(table, f"rank table {table_path}")
+    pod_ranks = _pod_ranks(meta, ranks_path)
+    if pod not in pod_ranks:
         raise BadInput(f"{ranks_path}: pod {pod!r} is not in the rank map")
-    rank = int(pod_ranks[pod])
-    if rank not in by_rank:
-        raise BadInput(f"{ranks_path}: pod {pod!r} has rank {rank}, which the table does not list")
+    if sorted(pod_ranks.values()) != sorted(by_rank):
+        raise BadInput(
+            f"{ranks_path}: ranks {_show(sorted(pod_ranks.values()))} do not match the table's "
+            f"0..{len(by_rank) - 1}, one pod each"
+        )
+    rank = pod_ranks[pod]
     server_id, device_id = by_rank[rank]
     return Placement(rank=rank, size=len(by_rank), device_id=device_id, server_id=server_id)
 
@@ -132,6 +213,8 @@ def wait_for_placement(
             return read_placement(table_path, ranks_path, pod, attempt)
         except NotReady as why:
             if clock() >= deadline:
+                if isinstance(why, Unreadable):
+                    raise BadInput(f"{why}, still after {timeout:.0f}s") from None
                 raise TimeoutError(
                     f"rank table not ready after {timeout:.0f}s: {why}; the operator completes it once every "
                     "worker pod of the attempt has an IP (check for Pending pods)"
@@ -155,6 +238,11 @@ def rank_table_env(placement: Placement, table_file: str, pod_ip: str | None) ->
     return env
 
 
+def _digits(text: str) -> bool:
+    """A small decimal number (str.isdigit alone also accepts "²" and 5,000 digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= RANK_DIGITS
+
+
 def check_dynamic_cluster(env: Mapping[str, str], timeout: float, poll: float = 1.0) -> None:
     role = env.get("MS_ROLE")
     if role not in ("MS_SCHED", "MS_WORKER"):
@@ -162,14 +250,20 @@ def check_dynamic_cluster(env: Mapping[str, str], timeout: float, poll: float = 
     for name in ("MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM"):
         if not env.get(name):
             raise BadInput(f"{name} is not set")
-    if role == "MS_WORKER" and not env.get("MS_NODE_ID", "").isdigit():
+    if role == "MS_WORKER" and not _digits(env.get("MS_NODE_ID", "")):
         raise BadInput(f"MS_NODE_ID={env.get('MS_NODE_ID')!r}: a worker needs its integer node id")
+    if not _digits(env["MS_WORKER_NUM"]):
+        raise BadInput(f"MS_WORKER_NUM={env['MS_WORKER_NUM']!r}: expected a number of workers")
+    if not (_digits(env["MS_SCHED_PORT"]) and 0 < int(env["MS_SCHED_PORT"]) < 65536):
+        raise BadInput(f"MS_SCHED_PORT={env['MS_SCHED_PORT']!r}: expected a port number")
     # The scheduler's DNS record appears a few seconds after its pod gets an IP.
     host, deadline = env["MS_SCHED_HOST"], time.monotonic() + timeout
     while True:
         try:
             socket.getaddrinfo(host, int(env["MS_SCHED_PORT"]))
             return
+        except UnicodeError:  # the IDNA codec refuses it (an empty or over-long label)
+            raise BadInput(f"MS_SCHED_HOST={host!r} is not a valid host name") from None
         except socket.gaierror:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"scheduler host {host} did not resolve within {timeout:.0f}s") from None

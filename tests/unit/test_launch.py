@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from controller import ranktable
 from job import launch
@@ -161,7 +163,9 @@ def test_malformed_table_exits_2_with_one_line(tmp_path):
     proc = run_launcher(tmp_path, env)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
-    assert err.strip().splitlines() == ["launch: error: rank table: version '0.9' is not the supported '1.0'"]
+    assert err.strip().splitlines() == [
+        f"launch: error: rank table {table}: version '0.9' is not the supported '1.0'"
+    ]
 
 
 def test_sigterm_while_waiting_stops_promptly(tmp_path):
@@ -194,3 +198,182 @@ def test_dynamic_cluster_variables_are_checked():
         launch.check_dynamic_cluster(
             {**env, "MS_NODE_ID": "0", "MS_SCHED_HOST": "no-such-host.invalid"}, 0, 0
         )
+
+
+# -- every malformed table: exit 2 and one line naming the file (issue 15) ------------------------
+DIRECTORY = object()  # the mounted path is a directory
+GOOD = object()  # the table or map the controller would write
+
+
+def good_ranks() -> dict:
+    _, ranks = ranktable.build(two_server_workers())
+    return {"attempt": "a1", "ranks": ranks}
+
+
+def ranks_with(**changes) -> dict:
+    meta = good_ranks()
+    meta["ranks"].update(changes)
+    return meta
+
+
+def write(path: Path, content) -> None:
+    if content is DIRECTORY:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content)
+    else:
+        path.write_text(json.dumps(content))
+
+
+# Each of these exited 1 (a traceback, or a time-out) before: retried as if the cluster had failed.
+EXITED_1_BEFORE = [
+    pytest.param([], GOOD, "hccl", "not a JSON object but list", id="table-list"),
+    pytest.param('"completed"', GOOD, "hccl", "not a JSON object but str", id="table-string"),
+    pytest.param(None, GOOD, "hccl", "not a JSON object but NoneType", id="table-null"),
+    pytest.param(GOOD, [], "ranks", "not a JSON object but list", id="ranks-list"),
+    pytest.param(GOOD, 7, "ranks", "not a JSON object but int", id="ranks-number"),
+    pytest.param(GOOD, ranks_with(**{"w-0": "x"}), "ranks", "rank 'x' of pod 'w-0'", id="map-rank-string"),
+    pytest.param(GOOD, ranks_with(**{"w-0": None}), "ranks", "rank None of pod 'w-0'", id="map-rank-null"),
+    pytest.param(GOOD, ranks_with(**{"w-0": [1]}), "ranks", "rank [1] of pod 'w-0'", id="map-rank-list"),
+    pytest.param(
+        json.dumps(good_table()).replace('"rank_id": "0"', '"rank_id": Infinity'),
+        GOOD, "hccl", "server_list[0].device[0] has no integer rank_id >= 0: inf", id="rank-id-infinity",
+    ),
+    pytest.param("[" * 100_000 + "]" * 100_000, GOOD, "hccl", "RecursionError", id="table-nested"),
+    pytest.param('{"version": ' + "1" * 5000 + "}", GOOD, "hccl", "ValueError", id="table-5000-digits"),
+    pytest.param(GOOD, '{"ranks": {"w-0": ' + "9" * 5000 + "}}", "ranks", "ValueError", id="map-5000-digits"),
+    pytest.param(DIRECTORY, GOOD, "hccl", "IsADirectoryError", id="table-directory"),
+    pytest.param(b"\xff\xfe{}", GOOD, "hccl", "UnicodeDecodeError", id="table-not-utf8"),
+    pytest.param("{oops", GOOD, "hccl", "not valid JSON", id="table-never-valid-json"),
+    pytest.param(GOOD, "", "ranks", "not valid JSON", id="ranks-empty-file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("table", "ranks", "culprit", "problem"), EXITED_1_BEFORE)
+def test_every_malformed_table_exits_2_with_one_line_naming_the_file(
+    tmp_path, table, ranks, culprit, problem
+):
+    table_path, ranks_path = tmp_path / "hccl.json", tmp_path / "ranks.json"
+    write(table_path, good_table() if table is GOOD else table)
+    write(ranks_path, good_ranks() if ranks is GOOD else ranks)
+    env = {"DEEPLAB_LAUNCHER": "rankTable", "DEEPLAB_RANK_TABLE": str(table_path),
+           "DEEPLAB_RANKS": str(ranks_path), "POD_NAME": "w-0", "DEEPLAB_ATTEMPT": "a1"}  # fmt: skip
+    proc = run_launcher(tmp_path, env, "--timeout", "0", "--poll", "0")
+    out, err = proc.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2, err
+    assert len(lines) == 1 and lines[0].startswith("launch: error: "), err
+    named = table_path if culprit == "hccl" else ranks_path
+    assert str(named) in lines[0] and problem in lines[0], lines[0]
+    assert len(lines[0]) < 400 and out == ""
+
+
+# These were accepted before, and a wrong placement (or HCCL's late failure) followed.
+@pytest.mark.parametrize(
+    ("mutate", "problem"),
+    [
+        (lambda t: t["server_list"][0]["device"][0].pop("device_id"), r"device\[0\] has no device_id string"),
+        (lambda t: t["server_list"][1].update(server_id=42), r"server_list\[1\] lacks server_id"),
+        (lambda t: t["server_list"][0]["device"][0].update(rank_id=0.0), "no integer rank_id >= 0: 0.0"),
+        (lambda t: t["server_list"][0]["device"][1].update(rank_id=True), "no integer rank_id >= 0: True"),
+        (lambda t: t["server_list"][0]["device"][0].update(rank_id="٠"), "no integer rank_id >= 0"),
+    ],
+)
+def test_tables_accepted_before_are_refused(mutate, problem):
+    with pytest.raises(BadInput, match=problem):
+        launch.validate_table(broken(mutate))
+
+
+@pytest.mark.parametrize(
+    ("ranks", "problem"),
+    [
+        (ranks_with(**{"w-1": 0}), r"ranks \[0, 0, 2, 3, 4\] do not match the table's 0\.\.4"),
+        (ranks_with(**{"w-0": 0.0}), "rank 0.0 of pod 'w-0' is not a non-negative integer"),
+        (ranks_with(**{"w-0": True}), "rank True of pod 'w-0'"),
+        (ranks_with(**{"w-9": 5}), r"ranks \[0, 1, 2, 3, 4, 5\] do not match"),
+    ],
+)
+def test_rank_maps_accepted_before_are_refused(tmp_path, ranks, problem):
+    table_path, ranks_path = tmp_path / "hccl.json", tmp_path / "ranks.json"
+    write(table_path, good_table())
+    write(ranks_path, ranks)
+    with pytest.raises(BadInput, match=problem):
+        launch.read_placement(table_path, ranks_path, "w-0", "a1")
+
+
+def test_a_table_and_map_of_different_writes_never_meet(tmp_path, monkeypatch):
+    """Kubelet swaps both files between the launcher's two reads: wait, never exit 2 on the mix."""
+    table_path, ranks_path = tmp_path / "hccl.json", tmp_path / "ranks.json"
+    write(table_path, good_table())
+    write(ranks_path, {"attempt": "a1", "ranks": {}})  # the map of the initializing table
+    real_read = launch._read
+
+    def swap_after_first_read(path: Path) -> str:
+        text = real_read(path)
+        if path == ranks_path:
+            write(ranks_path, good_ranks())  # the completed write lands right after
+        return text
+
+    monkeypatch.setattr(launch, "_read", swap_after_first_read)
+    with pytest.raises(launch.NotReady, match="changed while the table was read"):
+        launch.read_placement(table_path, ranks_path, "w-0", "a1")
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"MS_SCHED_PORT": "http"}, "MS_SCHED_PORT='http'"),
+        ({"MS_SCHED_PORT": "70000"}, "MS_SCHED_PORT='70000'"),
+        ({"MS_WORKER_NUM": "two"}, "MS_WORKER_NUM='two'"),
+        ({"MS_SCHED_HOST": "a..b"}, "MS_SCHED_HOST='a..b' is not a valid host name"),
+        ({"MS_SCHED_HOST": "x" * 70 + ".svc"}, "is not a valid host name"),
+    ],
+)
+def test_malformed_dynamic_cluster_variables_are_bad_input(changes, problem):
+    env = {"MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "localhost", "MS_SCHED_PORT": "8118",
+           "MS_WORKER_NUM": "2", "MS_NODE_ID": "1", **changes}  # fmt: skip
+    with pytest.raises(BadInput, match=problem):
+        launch.check_dynamic_cluster(env, timeout=0)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def mutated(make) -> st.SearchStrategy:
+    """A good document (``make()``) with one value anywhere in it replaced by arbitrary JSON."""
+
+    def replace(document: dict, path: list[int], value) -> dict:
+        parent, key = document, next(iter(document))
+        for step in path:
+            node = parent[key]
+            if not isinstance(node, dict | list) or not node:
+                break
+            keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+            parent, key = node, keys[step % len(keys)]
+        parent[key] = value
+        return document
+
+    paths = st.lists(st.integers(0, 20), max_size=5)
+    return st.builds(lambda path, value: replace(make(), path, value), paths, json_values)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(table=json_values | mutated(good_table), ranks=json_values | mutated(good_ranks) | st.just(GOOD))
+def test_any_table_is_placed_waited_for_or_refused_never_a_crash(tmp_path, table, ranks):
+    table_path, ranks_path = tmp_path / "hccl.json", tmp_path / "ranks.json"
+    table_path.write_text(json.dumps(table))
+    ranks_path.write_text(json.dumps(good_ranks() if ranks is GOOD else ranks))
+    try:
+        placement = launch.read_placement(table_path, ranks_path, "w-0", "a1")
+    except BadInput as error:
+        assert "\n" not in str(error) and len(str(error)) < 600
+    except launch.NotReady:
+        pass
+    else:
+        assert 0 <= placement.rank < placement.size
