@@ -17,6 +17,11 @@ from typing import Any
 # Written by the Ascend device plugin when it allocates the NPU; carries the physical device id
 # and the NPU's own network address (device_ip), which HCCL uses for the collective ring.
 DEVICE_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"
+# Every pod annotation an NPU allocation may arrive in (MindX's device plugin writes one of the first two,
+# Volcano's Ascend plugin the third): the controller keeps these when it reduces a pod to what it reads.
+DEVICE_ANNOTATIONS = frozenset(
+    {DEVICE_ANNOTATION, "ascend.kubectl.kubernetes.io/ascend-npu-configuration", "huawei.com/Ascend910"}
+)
 TABLE_KEY = "hccl.json"
 RANKS_KEY = "ranks.json"
 MOUNT_PATH = "/user/serverid/devindex/config"  # MindX DL convention
@@ -48,11 +53,12 @@ def _device(worker: Worker, local_index: int) -> tuple[str, str]:
     try:
         device = json.loads(worker.annotation or "")["devices"][0]
         device_id, device_ip = device["device_id"], device.get("device_ip") or worker.pod_ip
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):  # RecursionError: deep nesting
         return fallback
     if isinstance(device_id, bool) or not isinstance(device_id, int | str):
         return fallback
-    if not str(device_id).isdigit() or not str(device_id).isascii() or int(device_id) > MAX_DEVICE_ID:
+    text = str(device_id)
+    if not text.isdigit() or not text.isascii() or len(text) > 9 or int(text) > MAX_DEVICE_ID:
         return fallback
     try:
         ip = str(ipaddress.ip_address(str(device_ip)))
@@ -112,7 +118,7 @@ def read_configmap(data: dict[str, str] | None) -> tuple[str | None, bool, dict[
     try:
         meta = json.loads(data.get(RANKS_KEY, "{}"))
         table = json.loads(data.get(TABLE_KEY, "{}"))
-    except ValueError:
+    except (ValueError, RecursionError):  # hand-edited garbage, however deeply nested
         return None, False, {}
     attempt = meta.get("attempt") if isinstance(meta, dict) else None
     completed = isinstance(table, dict) and table.get("status") == "completed"
