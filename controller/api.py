@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 GROUP = "deeplab.io"
@@ -24,24 +24,85 @@ SINGULAR = "deeplabtraining"
 SHORT_NAMES = ["dlt"]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# An extended resource: a DNS-subdomain prefix, '/', a qualified name (what the kubelet's device plugins
+# register, e.g. huawei.com/Ascend910). Native resources (cpu, memory) have no prefix.
+EXTENDED_RESOURCE = DNS_SUBDOMAIN[:-1] + r"/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# resource.Quantity's own syntax (k8s.io/apimachinery), e.g. 500m, 8Gi, 1e3.
+_DECIMAL = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+QUANTITY = rf"^(\+|-)?{_DECIMAL}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_DECIMAL}))?$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 DEFAULT_NPU_RESOURCE = "huawei.com/Ascend910"
 MAX_STAGES = 16
 MAX_WORKERS = 4096
 
+# Bounds of the free-form parts of the spec: a manifest can never make the controller build huge pods
+# (every attempt's pods carry the template; desired pods are built on every reconcile).
+QUALIFIED_NAME_MAX = 317  # a label/annotation key: 253-character DNS prefix + '/' + 63-character name
+LABEL_VALUE_MAX = 63
+ANNOTATION_VALUE_MAX = 4096
+MAX_MAP_ENTRIES = 32  # nodeSelector, labels, annotations
+MAX_RESOURCE_NAMES = 16  # per limits / requests
+QUANTITY_MAX = 64
+MAX_ENV = 64
+ENV_NAME_MAX = 128
+ENV_VALUE_MAX = 4096
+MAX_TOLERATIONS = 32
+MAX_EXTRA_ARGS = 64
+EXTRA_ARG_MAX = 1024
+PATH_MAX = 1024
+SEED_MAX = 2**32 - 1  # MindSpore's dataset seed is a uint32
 
-def _cel(*rules: tuple[str, ...]) -> dict[str, Any]:
+# The `train` flags the operator sets itself (controller/resources.py `train_args`; a unit test keeps the
+# two equal). extraArgs may not repeat one, not even abbreviated (argparse accepts unique prefixes) or
+# as `--flag=value`: `--train_dir` would point a stage at another training's checkpoints.
+OPERATOR_FLAGS = (
+    "--data_file", "--train_dir", "--train_epochs", "--batch_size", "--crop_size", "--base_lr",
+    "--lr_type", "--end_lr", "--min_scale", "--max_scale", "--ignore_label", "--num_classes", "--model",
+    "--aspp_rates", "--freeze_bn", "--save_steps", "--keep_checkpoint_max", "--loss_scale", "--seed",
+    "--log_steps", "--num_parallel_workers", "--device_target", "--result_file", "--ckpt_pre_trained",
+    "--is_distributed", "--eval_data_root", "--eval_data_lst", "--eval_scales", "--eval_flip",
+)  # fmt: skip
+
+
+def _cel(*rules: tuple[str, ...] | dict[str, str]) -> dict[str, Any]:
     """CEL rules evaluated by the API server itself: a bad manifest is refused at `kubectl apply`.
 
     Each rule is ``(rule, message)`` or ``(rule, message, fieldPath)``: the field path makes the API
-    server name the offending field (``spec.workers: Invalid value: ...``) instead of the object.
+    server name the offending field (``spec.workers: Invalid value: ...``) instead of the object. A dict
+    is used as it is (e.g. with a ``messageExpression`` naming the offending value). The server refuses a
+    CRD whose rules may cost too much, so every list or string a rule iterates has a maxItems/maxLength.
     """
     out = []
-    for rule, message, *path in rules:
-        entry = {"rule": rule, "message": message}
+    for entry in rules:
+        if isinstance(entry, dict):
+            out.append(entry)
+            continue
+        rule, message, *path = entry
+        item = {"rule": rule, "message": message}
         if path:
-            entry["fieldPath"] = path[0]
-        out.append(entry)
+            item["fieldPath"] = path[0]
+        out.append(item)
     return {"x-kubernetes-validations": out}
+
+
+def _quantity_text(value: Any) -> Any:
+    """YAML's ``cpu: 1`` arrives as a number; the pod API wants the quantity's string form."""
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+# resource.Quantity as the API server's own types declare it: an integer or a string in quantity syntax.
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity_text),
+    StringConstraints(max_length=QUANTITY_MAX, pattern=QUANTITY),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "maxLength": QUANTITY_MAX, "pattern": QUANTITY}),
+]
+QualifiedName = Annotated[str, StringConstraints(min_length=1, max_length=QUALIFIED_NAME_MAX)]
+LabelValue = Annotated[str, StringConstraints(max_length=LABEL_VALUE_MAX, pattern=LABEL_VALUE)]
+AnnotationValue = Annotated[str, StringConstraints(max_length=ANNOTATION_VALUE_MAX)]
+FilePath = Annotated[str, StringConstraints(min_length=1, max_length=PATH_MAX)]
 
 
 class Model(BaseModel):
@@ -92,14 +153,17 @@ class PVCSource(Model):
 
 class HostPathSource(Model):
     path: str = Field(min_length=1, max_length=4096)
-    """Directory on the node (single-node or pre-synchronised clusters only)."""
+    """Directory on the node (single-node or pre-synchronised clusters only; the controller refuses it
+    unless the admin allows its prefix)."""
     type: str | None = Field(default=None, max_length=64)
     """hostPath type, e.g. Directory or DirectoryOrCreate."""
 
 
 class EmptyDirSource(Model):
     medium: str | None = Field(default=None, max_length=16)
-    size_limit: str | None = Field(default=None, max_length=32)
+    """Storage medium: empty (the node's disk) or Memory (tmpfs)."""
+    size_limit: Quantity | None = None
+    """Size limit as a quantity, e.g. 10Gi (default: none)."""
 
 
 class VolumeSource(Model):
@@ -116,8 +180,11 @@ class VolumeSource(Model):
     )
 
     persistent_volume_claim: PVCSource | None = None
+    """A PersistentVolumeClaim of the training's namespace."""
     host_path: HostPathSource | None = None
+    """A directory on the node (off unless the admin allows its prefix)."""
     empty_dir: EmptyDirSource | None = None
+    """A scratch directory that lives as long as the pod (tests only: nothing survives an attempt)."""
 
 
 class PretrainedSource(VolumeSource):
@@ -125,7 +192,7 @@ class PretrainedSource(VolumeSource):
 
     model_config = ConfigDict(json_schema_extra=VolumeSource.model_config["json_schema_extra"])
 
-    path: str = Field(min_length=1, max_length=1024)
+    path: FilePath
     """The checkpoint file, relative to the volume's root (mounted at /pretrained)."""
 
 
@@ -139,37 +206,101 @@ class Volumes(Model):
 
 
 class Evaluate(Model):
-    data_root: str = Field(default="/data", max_length=1024)
-    """Root the list's relative paths are resolved against."""
-    data_list: str = Field(min_length=1, max_length=1024)
+    data_root: str = Field(default="/data", max_length=PATH_MAX)
+    """Root the list's relative paths are resolved against (relative roots resolve under /data)."""
+    data_list: FilePath
     """List file of `image label` pairs (relative paths resolve under /data)."""
-    scales: list[float] = Field(default=[1.0], min_length=1, max_length=8)
-    """Evaluation scales (multi-scale inference sums the probabilities)."""
+    scales: list[Annotated[float, Field(gt=0)]] = Field(default=[1.0], min_length=1, max_length=8)
+    """Evaluation scales, factors of the image size (multi-scale inference sums the probabilities)."""
     flip: bool = False
     """Add horizontally flipped inference."""
 
 
+def operator_flag_spellings() -> dict[str, str]:
+    """Every spelling argparse takes for an operator flag -> the flag: the flag itself and each
+    abbreviation that no other operator flag shares (a shared one is ambiguous: argparse refuses it)."""
+    spellings = {}
+    for flag in OPERATOR_FLAGS:
+        for end in range(3, len(flag) + 1):
+            prefix = flag[:end]
+            if prefix == flag or sum(other.startswith(prefix) for other in OPERATOR_FLAGS) == 1:
+                spellings[prefix] = flag
+    return spellings
+
+
+def _extra_arg_rule() -> dict[str, str]:
+    """Refuse an item that sets an operator flag: exactly, abbreviated, or as `--flag=value`.
+
+    One map lookup per item: the API server refuses a CRD whose rules may cost too much, and this rule
+    runs for up to MAX_STAGES x MAX_EXTRA_ARGS items of EXTRA_ARG_MAX characters."""
+    spellings = operator_flag_spellings()
+    table = "{" + ", ".join(f"'{key}': '{flag}'" for key, flag in spellings.items()) + "}"
+    given = "self.split('=')[0]"
+    return {
+        "rule": f"!self.startsWith('--') || !({given} in {table})",
+        "messageExpression": (
+            f"'extraArgs must not set ' + {given} + ({given}.size() == {table}[{given}].size() ? '' : "
+            f"' (an abbreviation of ' + {table}[{given}] + ')') + ': the operator sets it'"
+        ),
+        "message": "extraArgs must not set a flag the operator sets",
+    }
+
+
+ExtraArg = Annotated[
+    str, StringConstraints(max_length=EXTRA_ARG_MAX), Field(json_schema_extra=_cel(_extra_arg_rule()))
+]
+
+
 class Stage(Model):
+    """One training run: its own model, data and hyper-parameters, started from an earlier stage's
+    final checkpoint. Defaults and limits are the job's own (`deeplab-job train --help`)."""
+
     name: str = Field(min_length=1, max_length=40, pattern=DNS_LABEL)
     """DNS label naming the stage (also the checkpoint directory: /checkpoints/<training>/<name>)."""
     model: ModelName = ModelName.S16
-    data_file: str = Field(min_length=1, max_length=1024)
-    """Training MindRecord file (relative paths resolve under /data)."""
+    """Network: deeplab_v3_s16 (output stride 16) or deeplab_v3_s8 (output stride 8)."""
+    data_file: FilePath
+    """Training MindRecord file, the first shard (relative paths resolve under /data)."""
     epochs: int = Field(ge=1, le=100000)
+    """Epochs to train (passes over the training set)."""
     batch_size: int = Field(default=32, ge=1, le=4096)
-    """Batch size per device."""
+    """Images per device (per worker) per step."""
     base_lr: float = Field(default=0.015, alias="baseLR", gt=0)
+    """Base learning rate (the schedule starts here)."""
     lr_type: LRType = LRType.COS
+    """Learning-rate schedule, per step: cos, poly (power 0.9, down to endLR) or exp."""
+    end_lr: float = Field(default=0.0, alias="endLR", ge=0)
+    """Final learning rate of the poly schedule."""
     min_scale: float = Field(default=0.5, gt=0)
+    """Smallest random scale factor of the training augmentation."""
     max_scale: float = Field(default=2.0, gt=0)
+    """Largest random scale factor of the training augmentation."""
     crop_size: int = Field(default=513, ge=1, le=8192)
+    """Training crop (and evaluation pad) size, in pixels."""
     num_classes: int = Field(default=21, ge=1, le=10000)
-    ignore_label: int = Field(default=255, ge=0, le=65535)
+    """Number of classes, background included (21 for PASCAL VOC)."""
+    ignore_label: int = Field(default=255, ge=0, le=255)
+    """Label value ignored by the loss and mIoU (labels are 8-bit PNGs)."""
+    aspp_rates: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(
+        default=None, min_length=3, max_length=3
+    )
+    """The three ASPP atrous rates (default: 6, 12, 18 at output stride 16; 12, 24, 36 at 8)."""
+    freeze_bn: bool = False
+    """Batch norm uses and keeps its moving statistics (small per-device batches)."""
     loss_scale: float = Field(default=3072.0, ge=1)
-    save_steps: int = Field(default=1000, ge=1)
+    """Fixed loss scale (MindSpore refuses less than 1)."""
+    save_steps: int = Field(default=1500, ge=1)
+    """Save a checkpoint every N steps (a restarted attempt loses at most this many)."""
     keep_checkpoint_max: int = Field(default=5, ge=1, le=1000)
-    extra_args: list[str] = Field(default=[], max_length=64)
-    """Extra `train` flags, appended verbatim."""
+    """Step checkpoints kept in the stage's directory."""
+    log_steps: int = Field(default=10, ge=1, le=1000000)
+    """One progress line (status.progress) every N steps."""
+    seed: int = Field(default=1, ge=0, le=SEED_MAX)
+    """Random seed, the same on every worker (identical initial weights)."""
+    num_parallel_workers: int = Field(default=2, ge=1, le=64)
+    """Data pipeline worker threads per worker pod."""
+    extra_args: list[ExtraArg] = Field(default=[], max_length=MAX_EXTRA_ARGS)
+    """Extra `train` flags, appended verbatim; they may not repeat a flag the operator sets."""
     init_from: str | None = Field(default=None, max_length=40, pattern=DNS_LABEL)
     """An earlier stage whose final checkpoint initialises this one (default: the previous stage;
     the first stage starts from the pretrained backbone)."""
@@ -183,17 +314,134 @@ class Stage(Model):
     )
 
 
+class ResourceRequirements(Model):
+    limits: dict[QualifiedName, Quantity] | None = Field(default=None, max_length=MAX_RESOURCE_NAMES)
+    """Resource name -> quantity, e.g. memory: 8Gi (the NPU limit is added by the operator)."""
+    requests: dict[QualifiedName, Quantity] | None = Field(default=None, max_length=MAX_RESOURCE_NAMES)
+    """Resource name -> quantity, e.g. cpu: 4 (the NPU request is added by the operator)."""
+
+
+class ObjectFieldSelector(Model):
+    field_path: str = Field(min_length=1, max_length=256)
+    """A field of the pod, e.g. metadata.name or status.hostIP."""
+    api_version: str | None = Field(default=None, max_length=64)
+    """Version of the schema fieldPath is written in (default: v1)."""
+
+
+class KeySelector(Model):
+    name: str = Field(min_length=1, max_length=253)
+    """The ConfigMap or Secret, in the training's namespace."""
+    key: str = Field(min_length=1, max_length=253)
+    """The key to read."""
+    optional: bool | None = None
+    """Start the pod even if the object or key is missing."""
+
+
+class ResourceFieldSelector(Model):
+    container_name: str | None = Field(default=None, max_length=63)
+    """The container (default: the worker)."""
+    resource: str = Field(min_length=1, max_length=QUALIFIED_NAME_MAX)
+    """e.g. limits.cpu or requests.memory."""
+    divisor: Quantity | None = None
+    """Output unit (default: 1)."""
+
+
+class EnvVarSource(Model):
+    """Exactly one of fieldRef, configMapKeyRef, secretKeyRef, resourceFieldRef."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "[has(self.fieldRef), has(self.configMapKeyRef), has(self.secretKeyRef), "
+                "has(self.resourceFieldRef)].filter(x, x).size() == 1",
+                "exactly one of fieldRef, configMapKeyRef, secretKeyRef, resourceFieldRef must be set",
+            )
+        )
+    )
+
+    field_ref: ObjectFieldSelector | None = None
+    """A field of the pod."""
+    config_map_key_ref: KeySelector | None = None
+    """A key of a ConfigMap."""
+    secret_key_ref: KeySelector | None = None
+    """A key of a Secret (refused by the controller unless the admin allows it)."""
+    resource_field_ref: ResourceFieldSelector | None = None
+    """A resource limit or request of the container."""
+
+
+class EnvVar(Model):
+    """An environment variable of the worker container: a value or a reference (valueFrom), not both."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.valueFrom) || !has(self.value) || self.value == ''",
+                "set value or valueFrom, not both",
+            )
+        )
+    )
+
+    name: str = Field(min_length=1, max_length=ENV_NAME_MAX, pattern=ENV_NAME)
+    """Variable name (letters, digits, '_', '-', '.'; not starting with a digit)."""
+    value: str | None = Field(default=None, max_length=ENV_VALUE_MAX)
+    """The value."""
+    value_from: EnvVarSource | None = None
+    """Where the value comes from instead."""
+
+
+class TolerationOperator(str, Enum):
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(str, Enum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(Model):
+    """Lets the worker pods run on nodes with a matching taint."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "value must be empty when operator is Exists",
+                ".value",
+            )
+        )
+    )
+
+    key: str | None = Field(default=None, max_length=QUALIFIED_NAME_MAX)
+    """Taint key (empty with operator Exists: every taint)."""
+    operator: TolerationOperator | None = None
+    """Exists or Equal (default: Equal)."""
+    value: str | None = Field(default=None, max_length=LABEL_VALUE_MAX)
+    """Taint value (operator Equal)."""
+    effect: TaintEffect | None = None
+    """NoSchedule, PreferNoSchedule or NoExecute (default: every effect)."""
+    toleration_seconds: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    """NoExecute only: seconds the pod stays after the taint appears (default: forever)."""
+
+
 class PodTemplatePatch(Model):
     """What a cluster needs to add to every worker pod."""
 
-    node_selector: dict[str, str] | None = None
-    tolerations: list[dict[str, Any]] | None = Field(default=None, max_length=64)
-    resources: dict[str, Any] | None = None
+    node_selector: dict[QualifiedName, LabelValue] | None = Field(default=None, max_length=MAX_MAP_ENTRIES)
+    """Node labels the worker pods must land on."""
+    tolerations: list[Toleration] | None = Field(default=None, max_length=MAX_TOLERATIONS)
+    """Taints the worker pods tolerate."""
+    resources: ResourceRequirements | None = None
     """Merged with the NPU request (e.g. cpu/memory requests and limits)."""
-    env: list[dict[str, Any]] | None = Field(default=None, max_length=128)
-    annotations: dict[str, str] | None = None
-    labels: dict[str, str] | None = None
-    priority_class_name: str | None = Field(default=None, max_length=253)
+    env: list[EnvVar] | None = Field(default=None, max_length=MAX_ENV)
+    """Extra environment variables of the worker container (the operator's own cannot be overridden)."""
+    annotations: dict[QualifiedName, AnnotationValue] | None = Field(default=None, max_length=MAX_MAP_ENTRIES)
+    """Added to every pod's annotations."""
+    labels: dict[QualifiedName, LabelValue] | None = Field(default=None, max_length=MAX_MAP_ENTRIES)
+    """Added to every pod's labels (the operator's own labels win)."""
+    priority_class_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
+    """PriorityClass of the pods (and of the Volcano PodGroup)."""
 
 
 _SPEC_RULES = _cel(
@@ -240,22 +488,36 @@ class DeepLabTrainingSpec(Model):
     image: str = Field(min_length=1, max_length=1024)
     """Worker image (runs `python -m job launch -- train ...`)."""
     image_pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
+    """When the kubelet pulls the worker image: Always, IfNotPresent or Never."""
     workers: int = Field(ge=1, le=MAX_WORKERS)
-    """Worker pods, one NPU each."""
+    """Worker pods, one NPU each (the data-parallel world size)."""
     npus_per_server: int = Field(default=8, ge=1, le=64)
     """NPUs per server: the rank table groups ranks per server."""
-    npu_resource: str = Field(default=DEFAULT_NPU_RESOURCE, max_length=253)
-    """Extended resource requested once per worker; empty for CPU workers."""
+    npu_resource: str = Field(
+        default=DEFAULT_NPU_RESOURCE,
+        max_length=QUALIFIED_NAME_MAX,
+        json_schema_extra=_cel(
+            (
+                f"self == '' || (self.matches(r'{EXTENDED_RESOURCE}') && !self.contains('kubernetes.io/') "
+                "&& !self.startsWith('requests.'))",
+                "npuResource must be empty (CPU workers) or a domain-qualified extended resource name "
+                "outside kubernetes.io, e.g. huawei.com/Ascend910",
+            )
+        ),
+    )
+    """Extended resource (device plugin name, e.g. huawei.com/Ascend910) requested once per worker;
+    empty for CPU workers."""
     launcher: Launcher = Launcher.RANK_TABLE
     """rankTable: HCCL rank table (Ascend). dynamicCluster: MindSpore scheduler + workers (MS_*)."""
     scheduler_port: int = Field(default=8118, ge=1024, le=65535)
     """dynamicCluster only: the MindSpore scheduler's port."""
     volumes: Volumes
+    """The data, checkpoint and pretrained-backbone volumes of every worker."""
     stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)
     """Run in order; each starts from an earlier stage's final checkpoint."""
     backoff_limit: int = Field(default=3, ge=0, le=100)
     """Failed attempts allowed per stage before the training fails."""
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=2**31 - 1)
     """Fail the training when it has been active (not suspended) for this long."""
     suspend: bool = False
     """Delete the running pods and keep the progress; unsuspending starts a new attempt that resumes."""
@@ -263,12 +525,14 @@ class DeepLabTrainingSpec(Model):
     """How long an attempt's pods may wait to run (unschedulable, image pull, missing volume) before the
     training fails with reason PendingTimeout, freeing the NPUs its placed pods hold; 0 waits forever.
     The cause is reported at once in the PodsPending condition and an event."""
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=2**31 - 1)
     """Delete the training (and everything it created) this long after it finished."""
-    scheduler_name: str | None = Field(default=None, max_length=253)
+    scheduler_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
+    """Scheduler of the pods (default: the cluster's default scheduler; volcano with gang)."""
     gang: Gang | None = None
     """volcano: create a Volcano PodGroup so all workers are scheduled together or not at all."""
     template: PodTemplatePatch | None = None
+    """Node selection, tolerations, resources, environment, labels and annotations of every pod."""
 
 
 # -- status --------------------------------------------------------------------------------------
@@ -288,48 +552,72 @@ class Condition(Model):
     """The standard metav1.Condition shape."""
 
     type: str = Field(max_length=316)
+    """Condition type, e.g. PodsPending."""
     status: str = Field(json_schema_extra={"enum": ["True", "False", "Unknown"]})
+    """True, False or Unknown."""
     reason: str = Field(default="", max_length=1024)
+    """One CamelCase word: why the condition has this status."""
     message: str = Field(default="", max_length=32768)
+    """Human-readable details."""
     last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
+    """When the status last changed (RFC 3339)."""
     observed_generation: int | None = None
+    """The spec generation the condition was computed from."""
 
 
 class StageStatus(Model):
     name: str
+    """The stage's name (spec.stages[].name)."""
     phase: Phase = Phase.PENDING
+    """Pending, Initializing, Running, Succeeded, Failed or Suspended."""
     attempts: int = 0
     """Attempts started (a suspension and a failure each start a new one)."""
     failures: int = 0
     """Failed attempts, compared with backoffLimit."""
     start_time: str | None = None
+    """When the stage's first attempt started (RFC 3339)."""
     completion_time: str | None = None
+    """When the stage finished (RFC 3339)."""
     checkpoint: str | None = None
     """The stage's final checkpoint, as reported by rank 0."""
     loss: float | None = None
+    """The stage's final training loss."""
     miou: float | None = None
+    """Mean intersection-over-union of the final checkpoint (0-1), when the stage evaluates."""
     message: str | None = None
+    """Why the stage failed, or its result in words."""
 
 
 class Progress(Model):
     """Rank 0's newest JSON progress line."""
 
     epoch: int | None = None
+    """Current epoch."""
     epochs: int | None = None
+    """Epochs of the stage."""
     step: int | None = None
+    """Global step (steps completed)."""
     steps: int | None = None
+    """Total steps of the stage."""
     loss: float | None = None
+    """Training loss of the step."""
     lr: float | None = None
+    """Learning rate of the step."""
     images_per_second: float | None = None
+    """Throughput of all workers together, in images per second."""
     eta_seconds: float | None = None
+    """Estimated time until the stage ends, in seconds."""
     update_time: str | None = None
+    """When the controller read the line (RFC 3339)."""
 
 
 class DeepLabTrainingStatus(Model):
     phase: Phase | None = None
+    """Pending, Initializing, Running, Succeeded, Failed or Suspended."""
     stage: str | None = None
     """Printable position, e.g. `2/3 s8-vocaug`."""
     stage_index: int | None = None
+    """Index of the current stage in spec.stages (0-based)."""
     attempt: int | None = None
     """The current stage's attempt number."""
     attempt_id: str | None = None
@@ -341,20 +629,30 @@ class DeepLabTrainingStatus(Model):
     miou: float | None = None
     """mIoU of the newest evaluated stage."""
     progress: Progress | None = None
+    """Rank 0's newest progress line."""
     stages: list[StageStatus] | None = None
+    """One entry per stage started so far."""
     start_time: str | None = None
+    """When the training started (RFC 3339)."""
     completion_time: str | None = None
+    """When the training succeeded or failed (RFC 3339)."""
     reason: str | None = None
+    """Why the training is in its phase (one CamelCase word)."""
     message: str | None = None
+    """Human-readable details of reason."""
     conditions: list[Condition] | None = None
+    """Current conditions (metav1.Condition), one per type."""
     observed_generation: int | None = None
+    """The spec generation the status was computed from."""
 
 
 class DeepLabTraining(Model):
     """Multi-stage DeepLabV3 training on Ascend NPUs (or CPUs/GPUs through MindSpore's dynamic cluster)."""
 
     spec: DeepLabTrainingSpec
+    """What to train, where, and on how many workers."""
     status: DeepLabTrainingStatus | None = None
+    """What the controller observed (written by the controller only)."""
 
 
 PRINTER_COLUMNS = [

@@ -2,13 +2,15 @@
 
 Kubernetes accepts only *structural* schemas: every node has a type, no ``$ref``, no ``anyOf`` of
 alternative types, OpenAPI v3.0 number bounds. pydantic emits JSON Schema 2020-12, so this module
-inlines references, collapses ``X | None`` to ``X`` (absent == None), rewrites exclusive bounds and
-turns free-form objects into ``x-kubernetes-preserve-unknown-fields`` leaves.
+inlines references, collapses ``X | None`` to ``X`` (absent == None), rewrites exclusive bounds, turns
+map-key bounds (``propertyNames``, which Kubernetes lacks) into CEL rules, and states each default in
+the field's description (``kubectl explain`` shows descriptions, not defaults).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +40,40 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+def _key_rule(names: dict[str, Any]) -> dict[str, str]:
+    """Map-key length bounds as a CEL rule (structural schemas have no ``propertyNames``)."""
+    if set(names) - {"minLength", "maxLength", "type"}:
+        raise ValueError(f"not structural: only key lengths can be checked, got {names}")
+    low, high = names.get("minLength", 0), names.get("maxLength")
+    checks = ([f"size(k) >= {low}"] if low else []) + ([f"size(k) <= {high}"] if high is not None else [])
+    return {
+        "rule": f"self.all(k, {' && '.join(checks)})",
+        "message": f"keys must be {low} to {high} characters long",
+    }
+
+
+def _describe_default(node: dict[str, Any]) -> None:
+    if "default" in node and node["default"] not in ([], {}):
+        default = node["default"]
+        text = json.dumps(default) if isinstance(default, str) and not default else default
+        if isinstance(default, bool):
+            text = str(default).lower()
+        node["description"] = f"{node.get('description', '').rstrip()} Default: {text}.".lstrip()
+
+
 def _structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: bool) -> dict[str, Any]:
     node = _resolve(node, defs)
+    if keep_defaults:
+        _describe_default(node)
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP or (key == "default" and not keep_defaults):
+            continue
+        if key == "propertyNames":
+            out.setdefault("x-kubernetes-validations", []).append(_key_rule(value))
+            continue
+        if key == "x-kubernetes-validations":
+            out.setdefault(key, []).extend(value)
             continue
         if key == "properties":
             out[key] = {k: _structural(v, defs, keep_defaults=keep_defaults) for k, v in value.items()}
@@ -61,7 +92,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: bo
             out["enum"] = [value]
         else:
             out[key] = value
-    if "type" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+    typeless = ("x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string")
+    if "type" not in out and not any(out.get(key) for key in typeless):
         raise ValueError(f"not structural: no type in {node}")
     return out
 
@@ -85,9 +117,9 @@ def openapi_schema() -> dict[str, Any]:
         "description": raw.get("description", ""),
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "apiVersion": {"type": "string", "description": api.API_VERSION},
+            "kind": {"type": "string", "description": api.KIND},
+            "metadata": {"type": "object"},  # the API server allows nothing else here
             "spec": spec,
             "status": status,
         },

@@ -186,7 +186,11 @@ def test_the_controller_never_logs_tokens_or_sensitive_env_values(
                 "refused",
                 kubelet.ns,
                 workers=1,
-                template={"env": env, "resources": {"limits": {"memory": "lots"}}},
+                # valid for the CRD, refused by the pod API (a request above its limit)
+                template={
+                    "env": env,
+                    "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}},
+                },
             ),
         )
         pods = wait_for(

@@ -36,7 +36,7 @@ def training(port: int) -> Training:
     obj = yaml.safe_load(SAMPLE.read_text())
     stage = obj["spec"]["stages"][0]
     stage.update(
-        cropSize=33, epochs=2, dataFile="smoke.mindrecord", extraArgs=["--max_steps", "3", "--log_steps", "1"]
+        cropSize=33, epochs=2, dataFile="smoke.mindrecord", logSteps=1, extraArgs=["--max_steps", "3"]
     )
     obj["spec"]["schedulerPort"] = port
     obj["metadata"].update(namespace="default", uid="0f0e0d0c-0000-4000-8000-000000000001")
