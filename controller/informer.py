@@ -23,6 +23,7 @@ from kubernetes.watch.watch import iter_resp_lines
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 8.0
+PAGE_SIZE = 250
 Handler = Callable[[str, dict[str, Any]], None]  # (event type, object); "SYNC" for listed objects
 
 
@@ -78,13 +79,22 @@ class Informer:
                 delay = min(delay * 2, MAX_BACKOFF)
 
     def _list(self) -> str:
-        response = self.list_call(_preload_content=False, _request_timeout=30, **self.selectors)
-        body = json.loads(response.data)
+        """List page by page (``PAGE_SIZE`` objects each, one consistent snapshot): an unpaged list of
+        4,096 pods with large templates would be one response of hundreds of MiB."""
+        token, version = None, ""
+        while True:
+            paging = {"limit": PAGE_SIZE} | ({"_continue": token} if token else {})
+            response = self.list_call(_preload_content=False, _request_timeout=30, **paging, **self.selectors)
+            body = json.loads(response.data)
+            for item in body.get("items", []):
+                self.handler("SYNC", item)
+            meta = body.get("metadata") or {}
+            version, token = meta.get("resourceVersion", version), meta.get("continue")
+            if not token:
+                break
         self.lists += 1
-        for item in body.get("items", []):
-            self.handler("SYNC", item)
         self.synced.set()
-        return body["metadata"]["resourceVersion"]
+        return version
 
     def _watch_loop(self, version: str) -> None:
         while not self.stop.is_set():

@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from controller import api, names, resources
+from controller import api, names, progress, ranktable, resources
 from controller.plan import Action, Create, Delete, DeleteTraining, Event, Observed, ReplaceConfigMap
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,17 @@ EVENT_MESSAGE_MAX = 1024
 
 class Conflict(Exception):
     """Optimistic concurrency lost (HTTP 409): re-read and plan again."""
+
+
+class NameTaken(Exception):
+    """A create found the name held by an object that is not this training's: never adopted."""
+
+    def __init__(self, kind: str, name: str, owner: str):
+        super().__init__(f"{kind} {name} exists, owned by {owner}")
+        self.kind, self.name, self.owner = kind, name, owner
+
+
+PAGE_SIZE = 250  # pods per list page: memory stays bounded however large the pods' templates are
 
 
 CONNECTIONS = 16
@@ -111,11 +122,7 @@ class Kube:
         self, t: api.Training, with_logs: Callable[[dict | None], str | None] | None = None
     ) -> Observed:
         """Live reads (not a cache): the plan must never act on a pod list older than its own writes."""
-        selector = f"{names.LABEL_TRAINING}={names.training_label(t.name)}"
-        pods = _json(
-            self.core.list_namespaced_pod(t.namespace, label_selector=selector, _preload_content=False)
-        )
-        owned = [p for p in pods.get("items", []) if _owned_by(p, t.uid)]
+        owned = self.owned_pods(t)
         cm_name = names.configmap_name(t.name)
         configmap = self._get(
             lambda: self.core.read_namespaced_config_map(cm_name, t.namespace, _preload_content=False)
@@ -137,24 +144,39 @@ class Kube:
         if with_logs is not None:
             pod = with_logs(configmap)
             logs = self.read_log(t.namespace, pod) if pod else None
-        return Observed(
-            pods=owned,
-            configmap=configmap,
-            service=service is not None,
-            podgroup=podgroup is not None,
-            logs=logs,
-        )
+        return Observed(pods=owned, configmap=configmap, service=service, podgroup=podgroup, logs=logs)
+
+    def owned_pods(self, t: api.Training) -> list[dict[str, Any]]:
+        """The training's pods, read a page at a time and reduced to what the plan reads (``slim``):
+        a 4,096-pod attempt with a 100 KiB template is 400 MiB of JSON in one unpaged list."""
+        selector = f"{names.LABEL_TRAINING}={names.training_label(t.name)}"
+        pods, token = [], None
+        while True:
+            page = _json(
+                self.core.list_namespaced_pod(
+                    t.namespace, label_selector=selector, limit=PAGE_SIZE, _continue=token,
+                    _preload_content=False,
+                )
+            )  # fmt: skip
+            pods += [slim(p) for p in page.get("items", []) if resources.owned_by(p, t.uid)]
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return pods
 
     def _get(self, call: Callable[[], Any]) -> dict[str, Any] | None:
         response = _ignore(404, call)
         return _json(response) if response is not None else None
 
     def read_log(self, namespace: str, pod: str, tail_lines: int = 50) -> list[str] | None:
-        """Rank 0's log tail; None when it cannot be read (no kubelet, pod gone): progress just waits."""
+        """Rank 0's log tail; None when it cannot be read (no kubelet, pod gone): progress just waits.
+
+        Bounded in bytes as well as lines: a worker printing one endless line must not cost the
+        controller its memory (progress also skips any line longer than progress.LINE_MAX).
+        """
         try:
             response = self.core.read_namespaced_pod_log(
-                pod, namespace, container=resources.CONTAINER, tail_lines=tail_lines, _preload_content=False,
-                _request_timeout=10,
+                pod, namespace, container=resources.CONTAINER, tail_lines=tail_lines,
+                limit_bytes=progress.LOG_BYTES, _preload_content=False, _request_timeout=10,
             )  # fmt: skip
             return response.data.decode("utf-8", errors="replace").splitlines()
         except Exception as error:  # any failure here only delays progress
@@ -189,7 +211,31 @@ class Kube:
             ),
         }
         self.on_write("create", kind.lower() + "s")
-        _ignore(409, calls[kind])  # AlreadyExists: deterministic names make a repeated create harmless
+        try:
+            calls[kind]()
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            # AlreadyExists: ours from an interrupted reconcile (harmless), or someone else's (stop).
+            self._check_owner(manifest)
+
+    def _check_owner(self, manifest: dict[str, Any]) -> None:
+        meta = manifest["metadata"]
+        kind, name, namespace = manifest["kind"], meta["name"], meta["namespace"]
+        reads = {
+            "Pod": lambda: self.core.read_namespaced_pod(name, namespace, _preload_content=False),
+            "Service": lambda: self.core.read_namespaced_service(name, namespace, _preload_content=False),
+            "ConfigMap": lambda: self.core.read_namespaced_config_map(
+                name, namespace, _preload_content=False
+            ),
+            "PodGroup": lambda: self.custom.get_namespaced_custom_object(
+                "scheduling.volcano.sh", "v1beta1", namespace, "podgroups", name, _preload_content=False
+            ),
+        }
+        existing = self._get(reads[kind])
+        uid = meta["ownerReferences"][0]["uid"]
+        if existing is not None and not resources.owned_by(existing, uid):
+            raise NameTaken(kind, name, resources.describe_owner(existing))
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
         # The uid precondition: a pod recreated under the same name is not ours to delete.
@@ -226,7 +272,11 @@ class Kube:
 
     # -- events ----------------------------------------------------------------------------------
     def event(self, t: api.Training, event: Event, instance: str = "") -> None:
-        """A core/v1 Event on the training (what `kubectl describe` shows). Best effort."""
+        """A core/v1 Event on the training (what `kubectl describe` shows). Best effort.
+
+        Messages may quote a pod (its termination message, a scheduler's reason): cleaned and
+        bounded here too, whatever the plan already did, since this is where they leave for a terminal.
+        """
         now = datetime.now(timezone.utc)
         body = {
             "apiVersion": "v1",
@@ -239,8 +289,8 @@ class Kube:
                 "namespace": t.namespace,
                 "uid": t.uid,
             },
-            "reason": event.reason,
-            "message": event.message[:EVENT_MESSAGE_MAX],
+            "reason": progress.clean_text(event.reason, progress.REASON_MAX),
+            "message": progress.clean_text(event.message, EVENT_MESSAGE_MAX),
             "type": event.type,
             "source": {"component": COMPONENT},
             "reportingComponent": COMPONENT,
@@ -256,11 +306,18 @@ class Kube:
             log.warning("event %s on %s/%s not recorded: %s", event.reason, t.namespace, t.name, error.reason)
 
 
-def _owned_by(obj: dict[str, Any], uid: str) -> bool:
-    return any(
-        ref.get("uid") == uid and ref.get("controller")
-        for ref in obj["metadata"].get("ownerReferences") or []
-    )
+def slim(pod: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a pod the plan reads (``plan.PodInfo``): identity, our labels, the device
+    plugin's annotations, owner and status. Never the spec (the user's template lives there)."""
+    meta = pod["metadata"]
+    keep = ("name", "namespace", "uid", "labels", "deletionTimestamp", "ownerReferences")
+    slimmed = {key: meta[key] for key in keep if key in meta}
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k in ranktable.DEVICE_ANNOTATIONS
+    }
+    if annotations:
+        slimmed["annotations"] = annotations
+    return {"metadata": slimmed, "status": pod.get("status") or {}}
 
 
 def owner_key(obj: dict[str, Any]) -> tuple[str, str] | None:

@@ -13,6 +13,7 @@ import re
 LABEL_MAX = 63
 SUBDOMAIN_MAX = 253
 HASH_LEN = 8
+TAG_LEN = 5
 
 # Labels on every child object. Values are label-safe forms; the full training name is always
 # recoverable from the controller owner reference.
@@ -79,13 +80,20 @@ def podgroup_name(training: str) -> str:
     return fit(training, limit=SUBDOMAIN_MAX, keep_dots=True)
 
 
-def worker_name(training: str, stage: str, attempt: int, rank: int) -> str:
-    """A DNS label, since it doubles as the pod's hostname."""
-    return fit(f"{training}-{stage}", f"a{attempt}-w{rank}")
+def child_tag(uid: str, stage: str) -> str:
+    """A short hash of the training's uid and the stage: it makes pod names unique per training and
+    stage by construction. Without it, training ``voc`` with stage ``s16-vocaug`` and training
+    ``voc-s16`` with stage ``vocaug`` would both name their pods ``voc-s16-vocaug-...``."""
+    return _digest(f"{uid}/{stage}")[:TAG_LEN]
 
 
-def scheduler_name(training: str, stage: str, attempt: int) -> str:
-    return fit(f"{training}-{stage}", f"a{attempt}-sched")
+def worker_name(training: str, uid: str, stage: str, attempt: int, rank: int) -> str:
+    """A DNS label, since it doubles as the pod's hostname: ``<training>-<stage>-<tag>-a<n>-w<rank>``."""
+    return fit(f"{training}-{stage}", f"{child_tag(uid, stage)}-a{attempt}-w{rank}")
+
+
+def scheduler_name(training: str, uid: str, stage: str, attempt: int) -> str:
+    return fit(f"{training}-{stage}", f"{child_tag(uid, stage)}-a{attempt}-sched")
 
 
 def attempt_id(uid: str, stage: str, attempt: int) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from controller import names, progress, ranktable, resources
+from controller import names, policy, progress, ranktable, resources
 from controller.api import (
     FINISHED,
     Condition,
@@ -38,6 +38,8 @@ COND_SUSPENDED = "Suspended"
 COND_SUCCEEDED = "Succeeded"
 COND_FAILED = "Failed"
 COND_PODS_PENDING = "PodsPending"
+REASON_NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object this training does not own
+REASON_POLICY = "PolicyViolation"  # the spec asks for more than the admin allows (controller/policy.py)
 # Container waiting reasons that will not clear by themselves (kubelet's names): reported at once.
 WAITING_PROBLEMS = frozenset(
     {
@@ -84,6 +86,7 @@ class PodInfo:
             if container.get("name") == resources.CONTAINER:
                 terminated = (container.get("state") or {}).get("terminated") or {}
         rank = labels.get(names.LABEL_RANK)
+        pending = _pending_problem(status)
         return cls(
             name=meta["name"],
             uid=meta.get("uid", ""),
@@ -98,9 +101,12 @@ class PodInfo:
             annotation=(meta.get("annotations") or {}).get(ranktable.DEVICE_ANNOTATION),
             exit_code=terminated.get("exitCode"),
             finished_at=terminated.get("finishedAt") or "",
-            reason=terminated.get("reason") or status.get("reason") or "",
-            message=terminated.get("message") or status.get("message") or "",
-            **_pending_problem(status),
+            # Text a pod's status carries ends up in our status and events: bounded and cleaned here,
+            # except the termination message, which is still to be parsed (progress cleans its uses).
+            reason=progress.clean_text(terminated.get("reason") or status.get("reason"), progress.REASON_MAX),
+            message=progress.tail(terminated.get("message") or status.get("message")),
+            pending_reason=progress.clean_text(pending.get("pending_reason"), progress.REASON_MAX),
+            pending_message=progress.clean_text(pending.get("pending_message"), progress.DETAIL_MAX),
         )
 
     @property
@@ -114,8 +120,8 @@ class Observed:
 
     pods: list[dict[str, Any]] = field(default_factory=list)
     configmap: dict[str, Any] | None = None
-    service: bool = False
-    podgroup: bool = False
+    service: dict[str, Any] | None = None
+    podgroup: dict[str, Any] | None = None
     logs: list[str] | None = None  # rank 0's log tail, None when not read this time
 
 
@@ -196,12 +202,15 @@ def describe_failure(pod: PodInfo) -> str:
     who = f"pod {pod.name}" + (f" (worker {pod.rank})" if pod.rank is not None else f" ({pod.role})")
     if pod.exit_code is not None:
         detail = progress.last_line(pod.message)
-        return f"{who} exited with code {pod.exit_code} ({pod.reason or 'Error'})" + (
+        text = f"{who} exited with code {pod.exit_code} ({pod.reason or 'Error'})" + (
             f": {detail}" if detail else ""
         )
-    if pod.phase == "Failed":
-        return f"{who} failed: {pod.reason or 'unknown reason'}" + (f": {pod.message}" if pod.message else "")
-    return f"{who} was deleted"
+    elif pod.phase == "Failed":
+        detail = progress.clean_text(pod.message, progress.MESSAGE_MAX)
+        text = f"{who} failed: {pod.reason or 'unknown reason'}" + (f": {detail}" if detail else "")
+    else:
+        text = f"{who} was deleted"
+    return progress.clean_text(text, progress.DETAIL_MAX)  # goes to status, condition and event
 
 
 def rank0_pod(t: Training, configmap: dict[str, Any] | None) -> str | None:
@@ -214,12 +223,13 @@ def rank0_pod(t: Training, configmap: dict[str, Any] | None) -> str | None:
         attempt, completed, ranks = ranktable.read_configmap(configmap.get("data"))
         if attempt == st.attempt_id and completed:
             return next((pod for pod, rank in ranks.items() if rank == 0), None)
-    return names.worker_name(t.name, stage, st.attempt, 0)
+    return names.worker_name(t.name, t.uid, stage, st.attempt, 0)
 
 
 class _Planner:
-    def __init__(self, t: Training, obs: Observed, now: datetime):
-        self.t, self.obs, self.now, self.ts = t, obs, now, timestamp(now)
+    def __init__(self, t: Training, obs: Observed, now: datetime, rules: policy.Policy):
+        self.t, self.obs, self.now, self.ts, self.rules = t, obs, now, timestamp(now), rules
+        self._desired: tuple[tuple[int, int], dict[str, dict[str, Any]]] | None = None
         self.st: DeepLabTrainingStatus = t.status.model_copy(deep=True)
         self.actions: list[Action] = []
         self.events: list[Event] = []
@@ -246,6 +256,13 @@ class _Planner:
         if not pod.deleting and pod.name not in self.deleted:
             self.deleted.add(pod.name)
             self.actions.append(Delete("Pod", pod.name, pod.uid))
+
+    def desired(self) -> dict[str, dict[str, Any]]:
+        """The current attempt's pods, built once per reconcile (a 4,096-worker attempt is expensive)."""
+        key = (self.st.stage_index, self.st.attempt)
+        if self._desired is None or self._desired[0] != key:
+            self._desired = (key, resources.desired_pods(self.t, *key))
+        return self._desired[1]
 
     def current_pods(self) -> list[PodInfo]:
         return [
@@ -286,11 +303,18 @@ class _Planner:
     def run(self) -> Plan:
         if self.t.deleting:
             return self.finish()  # the garbage collector takes it from here
-        if self.st.phase is None:
+        new = self.st.phase is None
+        if new:
             self.initialise()
         if self.st.phase in FINISHED:
             self.finished()
             return self.finish()
+        if self.refused_by_policy():
+            return self.finish()
+        if new:
+            spec = self.t.spec
+            where = f"stage {self.stage_text()}, attempt 1"
+            self.event("Started", f"{len(spec.stages)} stage(s) on {spec.workers} worker(s); {where}")
         if self.deadline_passed():
             return self.finish()
         if self.t.spec.suspend:
@@ -301,6 +325,8 @@ class _Planner:
         if self.st.attempt_start_time is None:  # a status written before the field existed
             self.st.attempt_start_time = self.ts
         self.delete_stale()
+        if self.name_taken():
+            return self.finish()
         self.step()
         return self.finish()
 
@@ -309,9 +335,33 @@ class _Planner:
         self.st.stages = [StageStatus(name=s.name) for s in spec.stages]
         self.st.start_time = self.ts
         self.start_attempt(0, 1)
-        self.event(
-            "Started",
-            f"{len(spec.stages)} stage(s) on {spec.workers} worker(s); stage {self.stage_text()}, attempt 1",
+
+    def refused_by_policy(self) -> bool:
+        """The admin's policy, checked on every reconcile of an unfinished training (an admin who
+        tightens it stops trainings that no longer comply)."""
+        found = policy.violations(self.t.spec, self.rules)
+        if not found:
+            return False
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        self.fail(REASON_POLICY, found[0] + more)
+        return True
+
+    def name_taken(self) -> bool:
+        """A child's name held by an object this training did not create (another operator's rank
+        table, a user's Service): never adopt, overwrite or delete it; stop and say which."""
+        children = (("ConfigMap", self.obs.configmap), ("Service", self.obs.service))
+        children += (("PodGroup", self.obs.podgroup),)
+        for kind, obj in children:
+            if obj is not None and not resources.owned_by(obj, self.t.uid):
+                self.conflict(kind, obj["metadata"]["name"], resources.describe_owner(obj))
+                return True
+        return False
+
+    def conflict(self, kind: str, name: str, owner: str) -> None:
+        self.fail(
+            REASON_NAME_CONFLICT,
+            f"{kind} {name} already exists and is not owned by this training ({owner}); "
+            "nothing was changed: delete or rename that object, or use another training name",
         )
 
     def finished(self) -> None:
@@ -343,6 +393,8 @@ class _Planner:
         return True
 
     def fail(self, reason: str, message: str) -> None:
+        # messages may quote the tenant's spec or a pod: one clean, bounded line, like events
+        message = progress.clean_text(message, progress.DETAIL_MAX)
         self.st.phase = Phase.FAILED
         self.st.completion_time = self.ts
         self.st.reason, self.st.message = reason, message
@@ -381,7 +433,7 @@ class _Planner:
     def step(self) -> None:
         """One stage attempt: detect the end (failure or success), else converge its children."""
         pods = self.current_pods()
-        desired = resources.desired_pods(self.t, self.st.stage_index, self.st.attempt)
+        desired = self.desired()
         launched = self.launched(pods)
         workers = [p for p in pods if p.role == names.ROLE_WORKER]
         # success first: once every worker succeeded, a scheduler pod's exit status is irrelevant
@@ -440,7 +492,7 @@ class _Planner:
         self.start_attempt(self.st.stage_index, self.st.attempt + 1)
         self.st.progress, self.st.epoch = None, None
         self.event("Restarting", f"stage {text}: attempt {self.st.attempt} resumes from the last checkpoint")
-        self.converge([], resources.desired_pods(self.t, self.st.stage_index, self.st.attempt), False)
+        self.converge([], self.desired(), False)
 
     def stage_succeeded(self, workers: list[PodInfo], pods: list[PodInfo]) -> None:
         _, _, ranks = self.table()
@@ -475,14 +527,14 @@ class _Planner:
         self.start_attempt(self.st.stage_index + 1, 1)
         self.st.progress, self.st.epoch = None, None
         self.event("StageStarted", f"stage {self.stage_text()} starts from {record.name}'s final checkpoint")
-        self.converge([], resources.desired_pods(self.t, self.st.stage_index, self.st.attempt), False)
+        self.converge([], self.desired(), False)
 
     # -- converging one attempt -------------------------------------------------------------------
     def converge(self, pods: list[PodInfo], desired: dict[str, dict], launched: bool) -> None:
         t = self.t
-        if not self.obs.service:
+        if self.obs.service is None:
             self.actions.append(Create(resources.service(t)))
-        if t.spec.gang is not None and not self.obs.podgroup:
+        if t.spec.gang is not None and self.obs.podgroup is None:
             self.actions.append(Create(resources.podgroup(t)))
         if t.spec.launcher == Launcher.RANK_TABLE:
             self.converge_table(pods)
@@ -544,7 +596,8 @@ class _Planner:
         pod = stuck[0]
         who = f"pod {pod.name}" + (f" (worker {pod.rank})" if pod.rank is not None else f" ({pod.role})")
         text = f"{who}: {pod.pending_reason}" + (f": {pod.pending_message}" if pod.pending_message else "")
-        return pod.pending_reason, text if len(text) <= CAUSE_MAX else text[: CAUSE_MAX - 3] + "..."
+        reason = progress.clean_text(pod.pending_reason, progress.REASON_MAX)  # also a condition's reason
+        return reason, progress.clean_text(text, CAUSE_MAX)
 
     def pending_timed_out(self, pods: list[PodInfo]) -> bool:
         """pendingTimeoutSeconds: an attempt whose pods do not all run in time fails the training (the
@@ -559,7 +612,7 @@ class _Planner:
             return False
         _, cause = self.pending_cause(pods)
         waiting = sum(1 for p in pods if p.phase == "Pending") + max(
-            0, len(resources.desired_pods(self.t, self.st.stage_index, self.st.attempt)) - len(pods)
+            0, resources.pod_count(self.t) - len(pods)
         )
         self.fail(
             "PendingTimeout",
@@ -575,7 +628,7 @@ class _Planner:
         if phase == Phase.RUNNING:
             self.set_condition(COND_PODS_PENDING, False, "PodsRunning", f"{text}: all pods running")
             return
-        expected = len(resources.desired_pods(self.t, self.st.stage_index, self.st.attempt))
+        expected = resources.pod_count(self.t)
         running = sum(1 for p in pods if p.phase in ("Running", "Succeeded"))
         reason, cause = self.pending_cause(pods)
         message = f"{cause}; " if cause else ""
@@ -626,9 +679,20 @@ class _Planner:
         )
 
 
-def plan(t: Training, obs: Observed, now: datetime) -> Plan:
+def plan(t: Training, obs: Observed, now: datetime, rules: policy.Policy | None = None) -> Plan:
     """Decide: what to create/delete/write for the training, and its status afterwards."""
-    return _Planner(t, obs, now).run()
+    return _Planner(t, obs, now, rules or policy.Policy()).run()
+
+
+def name_conflict(t: Training, obs: Observed, now: datetime, kind: str, name: str, owner: str) -> Plan:
+    """A create refused because the name is taken by an object that is not this training's (it
+    appeared between the read and the write): the training stops as if the read had seen it."""
+    planner = _Planner(t, obs, now, policy.Policy())
+    if planner.st.phase is None:
+        planner.initialise()
+    if planner.st.phase not in FINISHED:
+        planner.conflict(kind, name, owner)
+    return planner.finish()
 
 
 def dumps(p: Plan) -> str:

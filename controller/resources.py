@@ -6,7 +6,6 @@ compare them without a client library in between.
 
 from __future__ import annotations
 
-import copy
 import posixpath
 from typing import Any
 
@@ -20,6 +19,7 @@ PRETRAINED_MOUNT = "/pretrained"
 TERMINATION_LOG = "/dev/termination-log"
 CONTAINER = "worker"
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+NON_ROOT_UID = 1000  # the CPU worker image's user (images/worker-cpu.Dockerfile)
 TERMINATION_GRACE_SECONDS = 60  # the job saves a checkpoint on SIGTERM before exiting 143
 
 
@@ -85,7 +85,11 @@ def _number(value: float) -> str:
 
 
 def train_args(t: Training, index: int) -> list[str]:
-    """The job's `train` flags (recipe names) for stage ``index``; booleans are bare flags."""
+    """The job's `train` flags (recipe names) for stage ``index``; booleans are bare flags.
+
+    Every flag emitted here is in ``api.OPERATOR_FLAGS``, which the CRD refuses in ``extraArgs``
+    (tests/unit/test_crd.py checks the two agree): a stage's extra flags cannot redirect its output.
+    """
     s: Stage = t.spec.stages[index]
     args = [
         "--data_file", data_path(s.data_file),
@@ -103,9 +107,17 @@ def train_args(t: Training, index: int) -> list[str]:
         "--save_steps", str(s.save_steps),
         "--keep_checkpoint_max", str(s.keep_checkpoint_max),
         "--loss_scale", _number(s.loss_scale),
+        "--end_lr", _number(s.end_lr),
+        "--seed", str(s.seed),
+        "--log_steps", str(s.log_steps),
+        "--num_parallel_workers", str(s.num_parallel_workers),
         "--device_target", device_target(t),
         "--result_file", TERMINATION_LOG,
     ]  # fmt: skip
+    if s.aspp_rates is not None:  # unset: the job picks the model's own rates
+        args += ["--aspp_rates", *(str(rate) for rate in s.aspp_rates)]
+    if s.freeze_bn:
+        args.append("--freeze_bn")
     init = init_stage(t, index)
     if init is not None:
         args += ["--ckpt_pre_trained", posixpath.join(INIT_MOUNT, "final.ckpt")]
@@ -172,7 +184,7 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 
 def scheduler_host(t: Training, index: int, attempt: int) -> str:
     # hostname + subdomain + a headless Service of that name give the pod a stable DNS record.
-    pod = names.scheduler_name(t.name, t.spec.stages[index].name, attempt)
+    pod = names.scheduler_name(t.name, t.uid, t.spec.stages[index].name, attempt)
     return f"{pod}.{names.service_name(t.name)}.{t.namespace}.svc"
 
 
@@ -205,14 +217,13 @@ def _env(t: Training, index: int, attempt: int, role: str, rank: int | None) -> 
         if rank is not None:
             env.append({"name": "MS_NODE_ID", "value": str(rank)})
     template = t.spec.template
-    return env + (copy.deepcopy(template.env) if template and template.env else [])
+    return env + ([var.wire() for var in template.env] if template and template.env else [])
 
 
 def _resources(t: Training, role: str) -> dict[str, Any]:
     template = t.spec.template
-    given = template.resources if template and template.resources else {}
-    # Quantities are strings on the wire (`cpu: 1` in YAML arrives as a number).
-    resources = {kind: {k: str(v) for k, v in (values or {}).items()} for kind, values in given.items()}
+    # Quantities are strings on the wire (api.Quantity turns YAML's `cpu: 1` into "1").
+    resources = template.resources.wire() if template and template.resources else {}
     if role == names.ROLE_WORKER and t.spec.npu_resource:
         # Extended resources must have requests == limits; one NPU per worker pod.
         for kind in ("limits", "requests"):
@@ -220,11 +231,13 @@ def _resources(t: Training, role: str) -> dict[str, Any]:
     return resources
 
 
-def security_context(t: Training) -> dict[str, Any]:
-    """The worker container's hardening: no privilege escalation, no capabilities, the runtime's
-    default seccomp profile. Non-root only for CPU workers (``npuResource`` empty; the CPU image runs
-    as uid 1000): on stock Atlas hosts the Ascend driver creates /dev/davinci* and the driver's
-    shared files root-owned, so NPU workers keep the image's root user, still without capabilities.
+def security_context(t: Training, role: str) -> dict[str, Any]:
+    """The container's hardening: no privilege escalation, no capabilities, the runtime's default
+    seccomp profile, and a non-root user for every pod except NPU workers. On stock Atlas hosts the
+    Ascend driver creates /dev/davinci* and the driver's shared files root-owned, so a worker that
+    requests ``npuResource`` keeps the image's root user, still without capabilities; the CPU image
+    and the MindSpore scheduler pod need neither. ``npuResource`` is a domain-qualified extended
+    resource (the CRD refuses ``cpu``), so no spec value turns this off for an ordinary pod.
     """
     context: dict[str, Any] = {
         "allowPrivilegeEscalation": False,
@@ -232,8 +245,11 @@ def security_context(t: Training) -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    if not t.spec.npu_resource:
+    if not (role == names.ROLE_WORKER and t.spec.npu_resource):
         context["runAsNonRoot"] = True
+        # An image whose USER is root (the Ascend image) still starts, as an unprivileged uid.
+        context["runAsUser"] = NON_ROOT_UID
+        context["runAsGroup"] = NON_ROOT_UID
     return context
 
 
@@ -259,7 +275,7 @@ def _pod(t: Training, index: int, attempt: int, name: str, role: str, rank: int 
         # The job writes its result JSON to /dev/termination-log; on a crash the log tail explains.
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": security_context(t),
+        "securityContext": security_context(t, role),
     }
     if role == names.ROLE_SCHEDULER:
         container["ports"] = [{"name": "ms-sched", "containerPort": t.spec.scheduler_port}]
@@ -280,23 +296,65 @@ def _pod(t: Training, index: int, attempt: int, name: str, role: str, rank: int 
         if template.node_selector:
             spec["nodeSelector"] = dict(template.node_selector)
         if template.tolerations:
-            spec["tolerations"] = copy.deepcopy(template.tolerations)
+            spec["tolerations"] = [toleration.wire() for toleration in template.tolerations]
         if template.priority_class_name:
             spec["priorityClassName"] = template.priority_class_name
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
+# Environment variables that differ between the ranks of one attempt (everything else is shared).
+RANK_ENV = ("DEEPLAB_WORKER_INDEX", "MS_NODE_ID")
+
+
+def _stamp(worker: dict[str, Any], name: str, rank: int) -> dict[str, Any]:
+    """Rank ``rank``'s pod from rank 0's: new dicts only where the two differ (name, rank label,
+    hostname, rank variables); the volumes, resources, tolerations and the user's template are shared,
+    never copied. A 4,096-worker attempt with a 100 KiB template then costs 4,096 small dicts, not
+    400 MiB of copies (manifests are serialised as they are sent and never mutated)."""
+    meta = worker["metadata"]
+    labels = {**meta["labels"], names.LABEL_RANK: str(rank)}
+    container = worker["spec"]["containers"][0]
+    env = [{"name": v["name"], "value": str(rank)} if v["name"] in RANK_ENV else v for v in container["env"]]
+    spec = {**worker["spec"], "hostname": name, "containers": [{**container, "env": env}]}
+    return {**worker, "metadata": {**meta, "name": name, "labels": labels}, "spec": spec}
+
+
+def pod_count(t: Training) -> int:
+    """Pods of one attempt: the workers and, in dynamicCluster mode, the scheduler."""
+    return t.spec.workers + (1 if t.spec.launcher == Launcher.DYNAMIC_CLUSTER else 0)
+
+
 def desired_pods(t: Training, index: int, attempt: int) -> dict[str, dict[str, Any]]:
-    """Every pod of one stage attempt, by name: the workers and, in dynamicCluster mode, the scheduler."""
+    """Every pod of one stage attempt, by name: the workers and, in dynamicCluster mode, the scheduler.
+
+    The worker manifest is built once per attempt and stamped per rank (see ``_stamp``)."""
     stage = t.spec.stages[index].name
-    pods = {}
-    for rank in range(t.spec.workers):
-        name = names.worker_name(t.name, stage, attempt, rank)
-        pods[name] = _pod(t, index, attempt, name, names.ROLE_WORKER, rank)
+    first = names.worker_name(t.name, t.uid, stage, attempt, 0)
+    worker = _pod(t, index, attempt, first, names.ROLE_WORKER, 0)
+    pods = {first: worker}
+    for rank in range(1, t.spec.workers):
+        name = names.worker_name(t.name, t.uid, stage, attempt, rank)
+        pods[name] = _stamp(worker, name, rank)
     if t.spec.launcher == Launcher.DYNAMIC_CLUSTER:
-        name = names.scheduler_name(t.name, stage, attempt)
+        name = names.scheduler_name(t.name, t.uid, stage, attempt)
         pods[name] = _pod(t, index, attempt, name, names.ROLE_SCHEDULER, None)
     return pods
+
+
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    """Is ``obj`` controlled by the training with this uid? The operator only ever changes or deletes
+    objects it created for that training (never one that merely has the expected name)."""
+    return any(
+        ref.get("uid") == uid and ref.get("controller")
+        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
+    )
+
+
+def describe_owner(obj: dict[str, Any]) -> str:
+    """Who controls an object, for a NameConflict message: ``Job/x``, or "no owner"."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    ref = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
+    return f"{ref.get('kind')}/{ref.get('name')}" if ref else "no owner"
 
 
 # -- the other children ----------------------------------------------------------------------------

@@ -14,20 +14,27 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 
-from controller import api, kube, names
+from controller import api, health, kube, names
 from controller.informer import Informer
 from controller.leader import LeaderElector
-from controller.plan import Create, Event, plan, rank0_pod
+from controller.plan import Create, Event, name_conflict, plan, rank0_pod
+from controller.policy import Policy
 from controller.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -37,7 +44,7 @@ FINISHED_OR_SUSPENDED = {api.Phase.SUCCEEDED.value, api.Phase.FAILED.value, api.
 
 @dataclass
 class Options:
-    namespace: str | None = None  # None: every namespace
+    namespaces: tuple[str, ...] = ()  # empty: every namespace (a namespaced install lists its own)
     workers: int = 2
     resync_seconds: float = 300.0
     log_interval: float = 30.0  # how often rank 0's log tail is read while Running
@@ -49,7 +56,8 @@ class Options:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     identity: str = ""
-    health_addr: str | None = ":8081"  # host:port, None: no server
+    policy: Policy = field(default_factory=Policy)  # the admin's limits on what a training may ask
+    health_addr: str | None = ":8081"  # health.parse_address: host:port, [::]:port; "0" or None: no server
 
 
 class Metrics:
@@ -120,7 +128,7 @@ class Controller:
         self._lock = threading.Lock()
         self._last_log_read: dict[Key, float] = {}
         self._threads: list[threading.Thread] = []
-        self._server: ThreadingHTTPServer | None = None
+        self._server: health.HealthServer | None = None
         self.elector = LeaderElector(
             api_client_,
             self.options.lease_namespace,
@@ -134,23 +142,26 @@ class Controller:
 
     # -- informers ---------------------------------------------------------------------------------
     def _informers(self, api_client_) -> list[Informer]:
+        """Trainings, pods and services: watched cluster-wide, or one informer per kind and namespace
+        when the controller watches a list of namespaces (a namespaced install has Roles there only,
+        and no cluster-wide list/watch right to use; see overlays/namespaced)."""
         custom, core = client.CustomObjectsApi(api_client_), client.CoreV1Api(api_client_)
-        ns, timeout, stop = self.options.namespace, self.options.watch_timeout, self.stop_event
+        timeout, stop = self.options.watch_timeout, self.stop_event
         selector = {"label_selector": names.LABEL_TRAINING}
-        if ns:
-            list_trainings = _bind(
-                custom.list_namespaced_custom_object, api.GROUP, api.VERSION, ns, api.PLURAL
-            )
-            children = [_bind(core.list_namespaced_pod, ns), _bind(core.list_namespaced_service, ns)]
-        else:
-            list_trainings = _bind(custom.list_cluster_custom_object, api.GROUP, api.VERSION, api.PLURAL)
-            children = [
-                core.list_pod_for_all_namespaces,
-                core.list_service_for_all_namespaces,
-            ]
-        informers = [Informer("trainings", list_trainings, self._on_training, stop, timeout)]
-        for kind, call in zip(("pods", "services"), children, strict=True):
-            informers.append(Informer(kind, call, self._on_child, stop, timeout, **selector))
+        informers = []
+        for ns in self.options.namespaces or (None,):
+            if ns:
+                list_trainings = _bind(
+                    custom.list_namespaced_custom_object, api.GROUP, api.VERSION, ns, api.PLURAL
+                )
+                children = [_bind(core.list_namespaced_pod, ns), _bind(core.list_namespaced_service, ns)]
+            else:
+                list_trainings = _bind(custom.list_cluster_custom_object, api.GROUP, api.VERSION, api.PLURAL)
+                children = [core.list_pod_for_all_namespaces, core.list_service_for_all_namespaces]
+            where = f"@{ns}" if ns else ""
+            informers.append(Informer(f"trainings{where}", list_trainings, self._on_training, stop, timeout))
+            for kind, call in zip(("pods", "services"), children, strict=True):
+                informers.append(Informer(kind + where, call, self._on_child, stop, timeout, **selector))
         return informers
 
     def _on_training(self, kind: str, obj: dict[str, Any]) -> None:
@@ -279,20 +290,41 @@ class Controller:
         running = training.status.phase == api.Phase.RUNNING
         want_logs = running and self._log_due(key)
         observed = self.kube.observe(training, (lambda cm: rank0_pod(training, cm)) if want_logs else None)
-        result = plan(training, observed, now)
-        if result.status_changed:
-            # status first: a crash after it leaves a status the next plan completes
-            self.kube.replace_status(obj, result.status)
-        for event in result.events:
-            self.kube.event(training, event, self.identity)
-        for batch in _batches(result.actions):
-            self._apply_batch(key, training, batch)
+        result = plan(training, observed, now, self.options.policy)
+        self._write(obj, training, result)
+        try:
+            for batch in _batches(result.actions):
+                self._apply_batch(key, training, batch)
+        except kube.NameTaken as taken:
+            self._stop_on_name_conflict(key, taken)
+            return None
         delays = [d for d in (result.requeue_after,) if d is not None]
         # Active trainings are looked at again every log_interval: progress lines, and children
         # without an informer (the rank-table ConfigMap: no list/watch on ConfigMaps, see rbac.yaml).
         if result.status.get("phase") not in FINISHED_OR_SUSPENDED:
             delays.append(self.options.log_interval)
         return min(delays) if delays else None
+
+    def _write(self, obj: dict[str, Any], training: api.Training, result) -> None:
+        if result.status_changed:
+            # status first: a crash after it leaves a status the next plan completes
+            self.kube.replace_status(obj, result.status)
+        for event in result.events:
+            self.kube.event(training, event, self.identity)
+
+    def _stop_on_name_conflict(self, key: Key, taken: kube.NameTaken) -> None:
+        """A create met an object of the same name that is not ours: stop the training (the plan
+        decides how), free what this attempt already created, and touch nothing else."""
+        obj = self.kube.get_training(*key)
+        if obj is None:
+            return
+        training = api.Training.from_obj(obj)
+        observed = self.kube.observe(training)
+        now = datetime.now(timezone.utc)
+        result = name_conflict(training, observed, now, taken.kind, taken.name, taken.owner)
+        self._write(obj, training, result)
+        for batch in _batches(result.actions):
+            self._apply_batch(key, training, batch)
 
     def _apply_batch(self, key: Key, training: api.Training, batch: list) -> None:
         """Apply actions in order; a batch of pod creates goes out concurrently (a 512-worker attempt
@@ -341,38 +373,24 @@ class Controller:
 
     # -- health and metrics --------------------------------------------------------------------------
     def _serve_health(self, addr: str) -> None:
-        host, _, port = addr.rpartition(":")
-        controller = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path == "/healthz":
-                    self._reply(controller.healthy(), b"ok" if controller.healthy() else b"unhealthy")
-                elif self.path == "/readyz":
-                    self._reply(controller.ready(), b"ok" if controller.ready() else b"informers not synced")
-                elif self.path == "/metrics":
-                    self._reply(
-                        True, generate_latest(controller.metrics.registry), "text/plain; version=0.0.4"
-                    )
-                else:
-                    self._reply(False, b"not found", code=404)
-
-            def _reply(self, ok: bool, body: bytes, ctype: str = "text/plain", code: int | None = None):
-                self.send_response(code or (200 if ok else 503))
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):  # probes every few seconds: keep the log quiet
-                pass
-
-        self._server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
-        self._spawn("health", self._server.serve_forever)
+        """/healthz and /readyz for the kubelet's probes, /metrics for Prometheus, on one port
+        (controller/health.py bounds what a client can hold); `0` serves nothing."""
+        self._server = health.serve(
+            addr,
+            {
+                "/healthz": lambda: _probe(self.healthy(), b"unhealthy"),
+                "/readyz": lambda: _probe(self.ready(), b"informers not synced"),
+                "/metrics": lambda: (200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST),
+            },
+        )
 
     @property
     def health_port(self) -> int | None:
         return self._server.server_address[1] if self._server is not None else None
+
+
+def _probe(ok: bool, failure: bytes) -> health.Reply:
+    return (200, b"ok", "text/plain") if ok else (503, failure, "text/plain")
 
 
 def _status_message(error: ApiException) -> str:

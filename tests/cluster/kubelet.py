@@ -62,6 +62,11 @@ class Kubelet:
         )
         return json.loads(response.data)
 
+    def pod_name(self, training: str, stage: str, attempt: int, rank: int) -> str:
+        """Worker ``rank``'s pod name, as the operator derives it from the training's uid."""
+        uid = self.training(training)["metadata"]["uid"]
+        return names.worker_name(training, uid, stage, attempt, rank)
+
     def status(self, name: str) -> dict[str, Any]:
         return self.training(name).get("status") or {}
 
@@ -153,7 +158,7 @@ def training_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
         "volumes": {
             "data": {"persistentVolumeClaim": {"claimName": "voc-data"}},
             "checkpoints": {"persistentVolumeClaim": {"claimName": "ckpt"}},
-            "pretrained": {"hostPath": {"path": "/models"}, "path": "resnet101.ckpt"},
+            "pretrained": {"persistentVolumeClaim": {"claimName": "models"}, "path": "resnet101.ckpt"},
         },
         "stages": [
             {"name": "s16", "dataFile": "vocaug.mindrecord0", "epochs": 2},

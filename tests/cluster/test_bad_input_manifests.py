@@ -154,9 +154,13 @@ def test_runtime_problems_surface_as_condition_and_event_within_one_resync(contr
     errors_before = _errors(controller)
 
     # what the scheduler and the kubelet would write
-    _unschedulable(kubelet, "no-pvc-only-a1-w0", "0/3 nodes are available: " + problems["no-pvc"][0] + ".")
-    _image_pull_backoff(kubelet, "bad-image-only-a1-w1", "registry.invalid/deeplab:nope")
-    _unschedulable(kubelet, "no-npu-only-a1-w1", problems["no-npu"][0])
+    _unschedulable(
+        kubelet,
+        kubelet.pod_name("no-pvc", "only", 1, 0),
+        "0/3 nodes are available: " + problems["no-pvc"][0] + ".",
+    )
+    _image_pull_backoff(kubelet, kubelet.pod_name("bad-image", "only", 1, 1), "registry.invalid/deeplab:nope")
+    _unschedulable(kubelet, kubelet.pod_name("no-npu", "only", 1, 1), problems["no-npu"][0])
 
     def pending_condition(name):
         conditions = kubelet.status(name).get("conditions") or []

@@ -25,7 +25,7 @@ def test_training_creates_children_builds_the_rank_table_and_chains_stages(contr
     ns = kubelet.ns
     apply(kubectl, training_manifest("voc", ns))
     pods = wait_for("4 worker pods", lambda: len(kubelet.pods("voc")) == 4 and kubelet.pods("voc"))
-    assert names_of(pods) == [f"voc-s16-a1-w{i}" for i in range(4)]
+    assert names_of(pods) == [kubelet.pod_name("voc", "s16", 1, i) for i in range(4)]
     pod = pods[0]
     assert pod["spec"]["restartPolicy"] == "Never" and pod["spec"]["automountServiceAccountToken"] is False
     assert pod["metadata"]["ownerReferences"][0]["kind"] == "DeepLabTraining"
@@ -49,7 +49,7 @@ def test_training_creates_children_builds_the_rank_table_and_chains_stages(contr
         "rank_id": "3",
     }
     assert servers["172.16.0.1"]["container_ip"] == "10.244.1.10"
-    assert ranks["ranks"] == {f"voc-s16-a1-w{i}": i for i in range(4)}
+    assert ranks["ranks"] == {kubelet.pod_name("voc", "s16", 1, i): i for i in range(4)}
     assert ranks["attempt"] == kubelet.status("voc")["attemptId"]
     wait_for("Running", phase_is(kubelet, "voc", "Running"))
 
@@ -106,7 +106,9 @@ def test_failure_restarts_with_a_fresh_table_until_the_backoff_limit(controller,
     kubelet.place(first, HOSTS[:2])
     wait_for("table 1", lambda: kubelet.table("flaky")[0].get("status") == "completed")
     kubelet.terminate(
-        "flaky-only-a1-w1", 1, "Traceback (most recent call last):\nRuntimeError: HCCL link down"
+        kubelet.pod_name("flaky", "only", 1, 1),
+        1,
+        "Traceback (most recent call last):\nRuntimeError: HCCL link down",
     )
     second = wait_for(
         "attempt 2",
@@ -125,11 +127,14 @@ def test_failure_restarts_with_a_fresh_table_until_the_backoff_limit(controller,
         "table 2", lambda: kubelet.table("flaky")[0].get("status") == "completed" and kubelet.table("flaky")
     )
     assert table["server_list"][0]["server_id"] == "172.16.0.3" and ranks["attempt"].endswith(".only.2")
-    kubelet.terminate("flaky-only-a2-w0", 137, "", reason="OOMKilled")
+    kubelet.terminate(kubelet.pod_name("flaky", "only", 2, 0), 137, "", reason="OOMKilled")
     wait_for("Failed", phase_is(kubelet, "flaky", "Failed"))
     status = kubelet.status("flaky")
     assert status["reason"] == "BackoffLimitExceeded"
-    assert "flaky-only-a2-w0 (worker 0) exited with code 137 (OOMKilled)" in status["message"]
+    assert (
+        f"{kubelet.pod_name('flaky', 'only', 2, 0)} (worker 0) exited with code 137 (OOMKilled)"
+        in status["message"]
+    )
     conditions = {c["type"]: c for c in status["conditions"]}
     assert (
         conditions["Failed"]["status"] == "True" and conditions["Failed"]["reason"] == "BackoffLimitExceeded"
@@ -150,9 +155,15 @@ def test_deleted_children_come_back_and_deleting_the_training_removes_everything
     wait_for("service restored", lambda: kubectl("get", "service", "gc", "-n", ns).returncode == 0)
     assert kubectl("delete", "configmap", "rings-config-gc", "-n", ns).returncode == 0
     wait_for("table restored", lambda: kubelet.configmap("gc") is not None)
-    assert kubectl("delete", "pod", "gc-s16-a1-w1", "-n", ns, "--wait=false").returncode == 0
+    assert (
+        kubectl("delete", "pod", kubelet.pod_name("gc", "s16", 1, 1), "-n", ns, "--wait=false").returncode
+        == 0
+    )
     # before training began (no complete table) a lost pod is simply recreated in the same attempt
-    wait_for("pod recreated", lambda: names_of(kubelet.pods("gc")) == ["gc-s16-a1-w0", "gc-s16-a1-w1"])
+    wait_for(
+        "pod recreated",
+        lambda: names_of(kubelet.pods("gc")) == [kubelet.pod_name("gc", "s16", 1, r) for r in (0, 1)],
+    )
     assert kubelet.status("gc")["attempt"] == 1
 
     assert kubectl("delete", "dlt", "gc", "-n", ns, "--wait=false").returncode == 0
@@ -241,7 +252,10 @@ def test_progress_from_rank0_logs_shows_in_kubectl_get(controller, kubelet, kube
         pods = wait_for("pods", lambda: len(kubelet.pods("chatty")) == 2 and kubelet.pods("chatty"))
         for pod in pods:
             bind(admin, kubelet.ns, pod["metadata"]["name"], node)
-        fake.logs[(kubelet.ns, "chatty-only-a1-w0")] = ["MindSpore warning", progress_line(3, 10, 0.4321)]
+        fake.logs[(kubelet.ns, kubelet.pod_name("chatty", "only", 1, 0))] = [
+            "MindSpore warning",
+            progress_line(3, 10, 0.4321),
+        ]
         kubelet.place(pods, ["172.16.2.1", "172.16.2.1"])
         wait_for("progress in status", lambda: kubelet.status("chatty").get("epoch") == "3/10")
         progress = kubelet.status("chatty")["progress"]
@@ -249,7 +263,7 @@ def test_progress_from_rank0_logs_shows_in_kubectl_get(controller, kubelet, kube
         assert any("tailLines" in request for request in fake.requests), "bounded read of the log tail"
         row = kubectl("get", "deeplabtrainings", "chatty", "-n", kubelet.ns, "--no-headers").stdout.split()
         assert row[:6] == ["chatty", "1/1", "only", "Running", "3/10", "0.4321"]
-        fake.logs[(kubelet.ns, "chatty-only-a1-w0")].append(progress_line(4, 10, 0.39))
+        fake.logs[(kubelet.ns, kubelet.pod_name("chatty", "only", 1, 0))].append(progress_line(4, 10, 0.39))
         wait_for("live update", lambda: kubelet.status("chatty").get("epoch") == "4/10", timeout=10)
     finally:
         fake.stop()

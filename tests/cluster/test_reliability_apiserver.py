@@ -136,7 +136,7 @@ def test_controller_survives_an_apiserver_restart(own_plane, repo_root, caplog):
         assert all(i.lists > before for i, before in zip(controller.informers, lists_before, strict=True)), (
             "every informer re-listed"
         )
-        kubelet.terminate("steady-only-a1-w1", 1, "RuntimeError: HCCL link down")
+        kubelet.terminate(kubelet.pod_name("steady", "only", 1, 1), 1, "RuntimeError: HCCL link down")
         second = wait_for(
             "attempt 2",
             lambda: len(kubelet.pods("steady", attempt="2")) == 2 and kubelet.pods("steady", attempt="2"),

@@ -97,33 +97,35 @@ def test_a_worker_lost_at_any_phase_of_an_attempt_restarts_it_with_a_new_table_a
         ),
     )
     run = Attempts(kubelet, kubectl, name)
-    rank0 = f"{name}-only-a{{}}-w0"
-    rank1 = f"{name}-only-a{{}}-w1"
+
+    def rank0(attempt: int) -> str:
+        return kubelet.pod_name(name, "only", attempt, 0)
+
+    def rank1(attempt: int) -> str:
+        return kubelet.pod_name(name, "only", attempt, 1)
 
     # -- before the table is complete ---------------------------------------------------------------
     pods = run.next()
     old_uid = pods[1]["metadata"]["uid"]
-    run.delete(rank1.format(1))  # nothing started yet: the pod is simply created again, same attempt
+    run.delete(rank1(1))  # nothing started yet: the pod is simply created again, same attempt
     again = wait_for(
         "w1 recreated",
         lambda: [
-            p
-            for p in run.pods()
-            if p["metadata"]["name"] == rank1.format(1) and p["metadata"]["uid"] != old_uid
+            p for p in run.pods() if p["metadata"]["name"] == rank1(1) and p["metadata"]["uid"] != old_uid
         ],
     )
     assert again and kubelet.status(name)["attempt"] == 1
     kubelet.place(run.pods()[:1], HOSTS[:1])
-    run.evict(rank0.format(1))  # evicted while its peer is still unscheduled
+    run.evict(rank0(1))  # evicted while its peer is still unscheduled
     pods = run.next()
     kubelet.place(pods[1:], HOSTS[1:])
-    kubelet.terminate(rank1.format(2), 1, "RuntimeError: device not ready")  # failed before the table
+    kubelet.terminate(rank1(2), 1, "RuntimeError: device not ready")  # failed before the table
     pods = run.next()
 
     # -- while training -------------------------------------------------------------------------------
     for fault in ("fail", "evict", "delete"):
         run.place(pods)
-        victim = rank1.format(run.number)
+        victim = rank1(run.number)
         if fault == "fail":
             kubelet.terminate(victim, 1, "Traceback\nRuntimeError: HCCL timeout")
         elif fault == "evict":
@@ -135,8 +137,8 @@ def test_a_worker_lost_at_any_phase_of_an_attempt_restarts_it_with_a_new_table_a
     # -- during the final result write: rank 0 has written its result, rank 1 is lost -----------------
     for fault in ("fail", "evict", "delete"):
         run.place(pods)
-        kubelet.terminate(rank0.format(run.number), 0, result_message(f"/checkpoints/{name}/only/final.ckpt"))
-        victim = rank1.format(run.number)
+        kubelet.terminate(rank0(run.number), 0, result_message(f"/checkpoints/{name}/only/final.ckpt"))
+        victim = rank1(run.number)
         if fault == "fail":
             kubelet.terminate(victim, 137, "", reason="OOMKilled")
         elif fault == "evict":

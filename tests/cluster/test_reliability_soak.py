@@ -149,7 +149,7 @@ class FakeCluster:
             if attempt in self.done or any(not p["status"].get("podIP") for p in members):
                 continue
             workers = [p for p in members if p["metadata"]["labels"][names.LABEL_ROLE] == names.ROLE_WORKER]
-            expected = int(_env(members[0], "DEEPLAB_EXPECTED") or len(workers))
+            expected = int(_env(members[0], "SOAK_EXPECTED_WORKERS") or len(workers))
             if len(workers) < expected:
                 continue
             if _env(members[0], "DEEPLAB_LAUNCHER") == "rankTable":
@@ -224,7 +224,7 @@ def test_soak_twenty_trainings_with_faults_and_leader_kills(
                 "workers": workers,
                 "backoffLimit": 2,
                 "stages": [{"name": "s", "dataFile": "d.mindrecord0", "epochs": 1, "saveSteps": 10}],
-                "template": {"env": [{"name": "DEEPLAB_EXPECTED", "value": str(workers)}]},
+                "template": {"env": [{"name": "SOAK_EXPECTED_WORKERS", "value": str(workers)}]},
             }
             if dynamic:
                 spec.update(launcher="dynamicCluster", npuResource="")

@@ -20,6 +20,16 @@ from controller.ranktable import DEVICE_ANNOTATION
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 
+UID = "0123456789abcdef"  # every simulated training's uid
+
+
+def pod_name(stage: str, attempt: int, rank: int | None, training: str = "voc") -> str:
+    """A worker's (or, for rank None, the scheduler's) pod name, as the operator derives it."""
+    if rank is None:
+        return names.scheduler_name(training, UID, stage, attempt)
+    return names.worker_name(training, UID, stage, attempt, rank)
+
+
 def stage(name: str, **fields: Any) -> dict[str, Any]:
     return {"name": name, "dataFile": "vocaug/train.mindrecord0", "epochs": 10, **fields}
 
@@ -32,7 +42,7 @@ def training_obj(name: str = "voc", **spec: Any) -> dict[str, Any]:
         "volumes": {
             "data": {"persistentVolumeClaim": {"claimName": "data"}},
             "checkpoints": {"persistentVolumeClaim": {"claimName": "ckpt"}},
-            "pretrained": {"hostPath": {"path": "/models"}, "path": "resnet101.ckpt"},
+            "pretrained": {"persistentVolumeClaim": {"claimName": "models"}, "path": "resnet101.ckpt"},
         },
         "stages": [stage("s16-vocaug"), stage("s8-vocaug", model="deeplab_v3_s8"), stage("s8-voctrain")],
     }
@@ -40,7 +50,7 @@ def training_obj(name: str = "voc", **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "deeplab.io/v1alpha1",
         "kind": "DeepLabTraining",
-        "metadata": {"name": name, "namespace": "ns", "uid": "0123456789abcdef", "generation": 1},
+        "metadata": {"name": name, "namespace": "ns", "uid": UID, "generation": 1},
         "spec": body,
     }
 
@@ -56,8 +66,8 @@ class Sim:
         self.obj = obj or training_obj()
         self.pods: dict[str, dict[str, Any]] = {}
         self.configmap: dict[str, Any] | None = None
-        self.service = False
-        self.podgroup = False
+        self.service: dict[str, Any] | None = None
+        self.podgroup: dict[str, Any] | None = None
         self.deleted_training = False
         self.now = START
         self.history: list[Plan] = []
@@ -102,9 +112,9 @@ class Sim:
                 self.configmap = manifest
                 self.cm_writes += 1
             elif kind == "Service":
-                self.service = True
+                self.service = manifest
             elif kind == "PodGroup":
-                self.podgroup = True
+                self.podgroup = manifest
         elif isinstance(action, Delete):
             pod = self.pods.get(action.name)
             if pod is not None and pod["metadata"]["uid"] == action.uid:

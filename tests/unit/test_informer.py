@@ -68,3 +68,27 @@ def test_relists_on_410_and_resumes_watches_from_the_last_version():
     assert all(c["allow_watch_bookmarks"] for c in watch_calls)
     assert seen[:2] == [("SYNC", "a"), ("ADDED", "b")] and ("SYNC", "b") in seen
     assert ("BOOKMARK", "") not in seen
+
+
+def test_lists_page_by_page_and_watches_from_the_snapshot_version():
+    stop = threading.Event()
+    pages = {None: ("p2", ["a", "b"]), "p2": ("p3", ["c", "d"]), "p3": ("", ["e"])}
+    calls, seen = [], []
+
+    def list_call(**kwargs):
+        calls.append(kwargs)
+        if kwargs.get("watch"):
+            stop.set()
+            return Response(events=[])
+        token, items = pages[kwargs.get("_continue")]
+        meta = {"resourceVersion": "42"} | ({"continue": token} if token else {})
+        return Response({"metadata": meta, "items": [obj(name, "42") for name in items]})
+
+    informer = Informer("paged", list_call, lambda kind, item: seen.append(item["metadata"]["name"]), stop)
+    informer.start()
+    informer.join(5)
+    lists = [c for c in calls if not c.get("watch")]
+    assert [c.get("_continue") for c in lists] == [None, "p2", "p3"]
+    assert all(c["limit"] == 250 for c in lists)
+    assert seen == ["a", "b", "c", "d", "e"] and informer.lists == 1
+    assert next(c for c in calls if c.get("watch"))["resource_version"] == "42"

@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from sim import Sim, result_message, stage, training_obj
+from sim import Sim, pod_name, result_message, stage, training_obj
 
 from controller import names
 from controller.plan import Create, Delete, DeleteTraining, ReplaceConfigMap
@@ -49,7 +49,7 @@ def test_new_training_creates_service_initializing_table_and_pods():
     table, ranks = sim.table()
     assert table == {"status": "initializing"}
     assert ranks == {"attempt": "01234567.s16-vocaug.1", "ranks": {}}
-    assert sorted(sim.pods) == [f"voc-s16-vocaug-a1-w{i}" for i in range(4)]
+    assert sorted(sim.pods) == [pod_name("s16-vocaug", 1, i) for i in range(4)]
     assert "Started" in reasons(sim)
 
 
@@ -82,7 +82,7 @@ def test_rank_table_complete_for_two_servers_with_device_plugin_annotations():
     assert second["device"][1]["device_ip"] == "192.168.1.2"
     assert all(isinstance(v, str) for s in table["server_list"] for d in s["device"] for v in d.values())
     assert ranks["attempt"] == "01234567.s16-vocaug.1"
-    assert ranks["ranks"] == {f"voc-s16-vocaug-a1-w{i}": i for i in range(4)}
+    assert ranks["ranks"] == {pod_name("s16-vocaug", 1, i): i for i in range(4)}
     assert sim.status["phase"] == "Initializing"
     assert "RankTableReady" in reasons(sim)
     assert not result.actions
@@ -95,23 +95,23 @@ def test_ranks_follow_placement_so_each_server_is_contiguous():
     sim.settle()
     table, ranks = sim.table()
     assert ranks["ranks"] == {
-        "voc-s16-vocaug-a1-w0": 0,
-        "voc-s16-vocaug-a1-w2": 1,
-        "voc-s16-vocaug-a1-w1": 2,
-        "voc-s16-vocaug-a1-w3": 3,
+        pod_name("s16-vocaug", 1, 0): 0,
+        pod_name("s16-vocaug", 1, 2): 1,
+        pod_name("s16-vocaug", 1, 1): 2,
+        pod_name("s16-vocaug", 1, 3): 3,
     }
     # without the device plugin: node-local index and the pod IP
     assert [d["device_id"] for d in table["server_list"][0]["device"]] == ["0", "1"]
     assert (
         table["server_list"][0]["device"][1]["device_ip"]
-        == sim.pods["voc-s16-vocaug-a1-w2"]["status"]["podIP"]
+        == sim.pods[pod_name("s16-vocaug", 1, 2)]["status"]["podIP"]
     )
 
 
 def test_the_table_is_written_once_per_attempt():
     sim = running_sim()
     writes = sim.cm_writes
-    sim.pods["voc-s16-vocaug-a1-w1"]["status"]["podIP"] = "10.7.7.7"  # cannot happen in one pod's life
+    sim.pods[pod_name("s16-vocaug", 1, 1)]["status"]["podIP"] = "10.7.7.7"  # cannot happen in one pod's life
     sim.settle()
     assert sim.cm_writes == writes
 
@@ -141,7 +141,7 @@ def test_stage_success_chains_to_the_next_stage_with_the_previous_checkpoint():
     sim.succeed_all(result_message("/checkpoints/voc/s16-vocaug/final.ckpt", miou=0.71))
     result = sim.step()
     deleted = [a.name for a in result.actions if isinstance(a, Delete)]
-    assert sorted(deleted) == [f"voc-s16-vocaug-a1-w{i}" for i in range(4)]
+    assert sorted(deleted) == [pod_name("s16-vocaug", 1, i) for i in range(4)]
     st = sim.status
     done = st["stages"][0]
     assert done["phase"] == "Succeeded" and done["checkpoint"] == "/checkpoints/voc/s16-vocaug/final.ckpt"
@@ -149,7 +149,7 @@ def test_stage_success_chains_to_the_next_stage_with_the_previous_checkpoint():
     assert st["miou"] == 0.71
     assert st["stage"] == "2/3 s8-vocaug" and st["attempt"] == 1 and st["phase"] == "Pending"
     assert "progress" not in st
-    pod = sim.pods["voc-s8-vocaug-a1-w0"]
+    pod = sim.pods[pod_name("s8-vocaug", 1, 0)]
     container = pod["spec"]["containers"][0]
     assert {"name": "checkpoints", "mountPath": "/init", "subPath": "voc/s16-vocaug", "readOnly": True} in (
         container["volumeMounts"]
@@ -176,10 +176,10 @@ def test_last_stage_success_finishes_the_training():
 def test_worker_failure_restarts_the_attempt_with_a_fresh_table():
     sim = running_sim()
     old = sim.table()[1]
-    sim.terminate(sim.pods["voc-s16-vocaug-a1-w2"], 1, "Traceback...\nRuntimeError: HCCL timeout")
+    sim.terminate(sim.pods[pod_name("s16-vocaug", 1, 2)], 1, "Traceback...\nRuntimeError: HCCL timeout")
     result = sim.step()
     assert {a.name for a in result.actions if isinstance(a, Delete)} == {
-        f"voc-s16-vocaug-a1-w{i}" for i in range(4)
+        pod_name("s16-vocaug", 1, i) for i in range(4)
     }
     replaced = [a for a in result.actions if isinstance(a, ReplaceConfigMap)]
     assert replaced and json.loads(replaced[0].manifest["data"]["hccl.json"]) == {"status": "initializing"}
@@ -187,16 +187,18 @@ def test_worker_failure_restarts_the_attempt_with_a_fresh_table():
     assert st["attempt"] == 2 and st["attemptId"] == "01234567.s16-vocaug.2"
     assert st["stages"][0]["failures"] == 1 and st["stages"][0]["attempts"] == 2
     assert (
-        "HCCL timeout" in st["stages"][0]["message"] and "voc-s16-vocaug-a1-w2" in st["stages"][0]["message"]
+        "HCCL timeout" in st["stages"][0]["message"]
+        and pod_name("s16-vocaug", 1, 2) in st["stages"][0]["message"]
     )
-    assert sorted(sim.pods) == [f"voc-s16-vocaug-a2-w{i}" for i in range(4)]
+    assert sorted(sim.pods) == [pod_name("s16-vocaug", 2, i) for i in range(4)]
     assert sim.table()[1]["attempt"] != old["attempt"]
     env = {
-        e["name"]: e.get("value") for e in sim.pods["voc-s16-vocaug-a2-w0"]["spec"]["containers"][0]["env"]
+        e["name"]: e.get("value")
+        for e in sim.pods[pod_name("s16-vocaug", 2, 0)]["spec"]["containers"][0]["env"]
     }
     assert env["DEEPLAB_ATTEMPT"] == "01234567.s16-vocaug.2"
     # same train_dir: the job resumes from the newest checkpoint there
-    command = sim.pods["voc-s16-vocaug-a2-w0"]["spec"]["containers"][0]["command"]
+    command = sim.pods[pod_name("s16-vocaug", 2, 0)]["spec"]["containers"][0]["command"]
     assert command[command.index("--train_dir") + 1] == "/checkpoints/voc/s16-vocaug"
     assert "AttemptFailed" in reasons(sim) and "Restarting" in reasons(sim)
     # the new attempt reaches a complete table of its own
@@ -208,12 +210,12 @@ def test_worker_failure_restarts_the_attempt_with_a_fresh_table():
 def test_exit_code_2_is_permanent():
     sim = running_sim()
     sim.terminate(
-        sim.pods["voc-s16-vocaug-a1-w1"], 2, "deeplab-job: error: no such file: /data/x.mindrecord0"
+        sim.pods[pod_name("s16-vocaug", 1, 1)], 2, "deeplab-job: error: no such file: /data/x.mindrecord0"
     )
     sim.step()
     st = sim.status
     assert st["phase"] == "Failed" and st["reason"] == "ConfigurationError"
-    assert "voc-s16-vocaug-a1-w1" in st["message"] and "no such file" in st["message"]
+    assert pod_name("s16-vocaug", 1, 1) in st["message"] and "no such file" in st["message"]
     assert st["attempt"] == 1
     assert {c["type"]: c["status"] for c in st["conditions"]}["Failed"] == "True"
     assert all(p["status"]["phase"] in ("Succeeded", "Failed") for p in sim.pods.values())
@@ -233,12 +235,12 @@ def test_backoff_limit_exceeded_fails_with_the_pod_and_reason():
     for attempt in (1, 2):
         sim.place(HOSTS)
         sim.settle()
-        sim.terminate(sim.pods[f"voc-s16-vocaug-a{attempt}-w0"], 137, "", reason="OOMKilled")
+        sim.terminate(sim.pods[pod_name("s16-vocaug", attempt, 0)], 137, "", reason="OOMKilled")
         sim.step()
     st = sim.status
     assert st["phase"] == "Failed" and st["reason"] == "BackoffLimitExceeded"
     assert "2 failed attempt(s) (backoffLimit 1)" in st["message"]
-    assert "voc-s16-vocaug-a2-w0 (worker 0) exited with code 137 (OOMKilled)" in st["message"]
+    assert f"{pod_name('s16-vocaug', 2, 0)} (worker 0) exited with code 137 (OOMKilled)" in st["message"]
     assert reasons(sim)[-1] == "BackoffLimitExceeded"
     later = sim.settle()
     assert not later.actions or all(isinstance(a, Delete) for a in later.actions)
@@ -246,7 +248,7 @@ def test_backoff_limit_exceeded_fails_with_the_pod_and_reason():
 
 def test_evicted_pod_restarts_the_attempt():
     sim = running_sim()
-    pod = sim.pods["voc-s16-vocaug-a1-w3"]
+    pod = sim.pods[pod_name("s16-vocaug", 1, 3)]
     pod["status"].update(phase="Failed", reason="Evicted", message="The node was low on resource: memory.")
     sim.step()
     assert sim.status["attempt"] == 2
@@ -256,18 +258,18 @@ def test_evicted_pod_restarts_the_attempt():
 def test_deleted_pod_after_launch_is_a_failure_before_launch_it_is_recreated():
     sim = Sim()
     sim.settle()
-    del sim.pods["voc-s16-vocaug-a1-w1"]
+    del sim.pods[pod_name("s16-vocaug", 1, 1)]
     result = sim.step()
     assert [a.manifest["metadata"]["name"] for a in result.actions if isinstance(a, Create)] == [
-        "voc-s16-vocaug-a1-w1"
+        pod_name("s16-vocaug", 1, 1)
     ]
     assert sim.status["attempt"] == 1
     sim = running_sim()
-    del sim.pods["voc-s16-vocaug-a1-w1"]
+    del sim.pods[pod_name("s16-vocaug", 1, 1)]
     sim.step()
     assert sim.status["attempt"] == 2 and "disappeared" in sim.status["stages"][0]["message"]
     sim = running_sim()
-    sim.pods["voc-s16-vocaug-a1-w0"]["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+    sim.pods[pod_name("s16-vocaug", 1, 0)]["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
     sim.step()
     assert sim.status["attempt"] == 2 and "was deleted" in sim.status["stages"][0]["message"]
 
@@ -291,7 +293,7 @@ def test_suspend_deletes_pods_and_resume_starts_a_new_attempt():
     sim.step()
     st = sim.status
     assert st["phase"] == "Pending" and st["attempt"] == 2 and st["stages"][0]["failures"] == 0
-    assert sorted(sim.pods) == [f"voc-s16-vocaug-a2-w{i}" for i in range(4)]
+    assert sorted(sim.pods) == [pod_name("s16-vocaug", 2, i) for i in range(4)]
     assert {"Suspended", "Resumed"} <= set(reasons(sim))
 
 
@@ -306,12 +308,12 @@ def test_ttl_after_finished_deletes_the_training():
 
 def test_stale_pods_of_other_attempts_are_deleted():
     sim = running_sim()
-    stray = json.loads(json.dumps(sim.pods["voc-s16-vocaug-a1-w0"]))
-    stray["metadata"]["name"] = "voc-s16-vocaug-a0-w0"
+    stray = json.loads(json.dumps(sim.pods[pod_name("s16-vocaug", 1, 0)]))
+    stray["metadata"]["name"] = pod_name("s16-vocaug", 0, 0)
     stray["metadata"]["labels"][names.LABEL_ATTEMPT] = "0"
-    sim.pods["voc-s16-vocaug-a0-w0"] = stray
+    sim.pods[pod_name("s16-vocaug", 0, 0)] = stray
     result = sim.step()
-    assert [a.name for a in result.actions if isinstance(a, Delete)] == ["voc-s16-vocaug-a0-w0"]
+    assert [a.name for a in result.actions if isinstance(a, Delete)] == [pod_name("s16-vocaug", 0, 0)]
 
 
 def test_deleting_training_plans_nothing():
@@ -326,15 +328,21 @@ def test_dynamic_cluster_has_a_scheduler_pod_and_no_table():
     first = sim.step()
     assert kinds(first) == ["Create:Service"] + ["Create:Pod"] * 3
     assert sim.configmap is None
-    sched = sim.pods["voc-s16-vocaug-a1-sched"]
+    sched = sim.pods[pod_name("s16-vocaug", 1, None)]
     env = {e["name"]: e.get("value") for e in sched["spec"]["containers"][0]["env"]}
-    assert env["MS_ROLE"] == "MS_SCHED" and env["MS_SCHED_HOST"] == "voc-s16-vocaug-a1-sched.voc.ns.svc"
+    assert (
+        env["MS_ROLE"] == "MS_SCHED"
+        and env["MS_SCHED_HOST"] == f"{pod_name('s16-vocaug', 1, None)}.voc.ns.svc"
+    )
     worker_env = {
-        e["name"]: e.get("value") for e in sim.pods["voc-s16-vocaug-a1-w1"]["spec"]["containers"][0]["env"]
+        e["name"]: e.get("value")
+        for e in sim.pods[pod_name("s16-vocaug", 1, 1)]["spec"]["containers"][0]["env"]
     }
     assert worker_env["MS_ROLE"] == "MS_WORKER" and worker_env["MS_NODE_ID"] == "1"
     assert worker_env["MS_WORKER_NUM"] == "2" and worker_env["MS_SERVER_NUM"] == "0"
-    assert sched["spec"]["hostname"] == "voc-s16-vocaug-a1-sched" and sched["spec"]["subdomain"] == "voc"
+    assert (
+        sched["spec"]["hostname"] == pod_name("s16-vocaug", 1, None) and sched["spec"]["subdomain"] == "voc"
+    )
     assert (
         "resources" not in sched["spec"]["containers"][0] or not sched["spec"]["containers"][0]["resources"]
     )
@@ -356,7 +364,7 @@ def test_volcano_gang_creates_a_podgroup_and_annotates_pods():
     assert "Create:PodGroup" in kinds(first)
     group = next(a.manifest for a in first.actions if a.manifest.get("kind") == "PodGroup")
     assert group["spec"]["minMember"] == 4
-    pod = sim.pods["voc-s16-vocaug-a1-w0"]
+    pod = sim.pods[pod_name("s16-vocaug", 1, 0)]
     assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "voc"
     assert pod["spec"]["schedulerName"] == "volcano"
     assert "Create:PodGroup" not in kinds(sim.step())

@@ -9,7 +9,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from sim import Sim, result_message, stage, training_obj
+from sim import Sim, pod_name, result_message, stage, training_obj
 
 from controller import names, resources
 from controller.api import Training
@@ -55,7 +55,7 @@ def test_an_unschedulable_pod_is_reported_once_then_the_training_runs_when_it_fi
         and 'persistentvolumeclaim "voc-data" not found' in pending["message"]
     )
     assert (
-        "voc-only-a1-w1 (worker 1)" in pending["message"]
+        f"{pod_name('only', 1, 1)} (worker 1)" in pending["message"]
         and "4 of 4 pod(s) not running" in pending["message"]
     )
     assert len(events(sim, "Unschedulable")) == 1
@@ -233,9 +233,9 @@ def test_maximum_length_and_dotted_names_give_valid_distinct_children():
         obj["metadata"]["uid"] = f"uid-{name[-3:]}"
         t = Training.from_obj(obj)
         pods = resources.desired_pods(t, 0, 999)
-        for pod_name, pod in pods.items():
-            assert len(pod_name) <= 63 and LABEL.match(pod_name), pod_name
-            assert pod["spec"]["hostname"] == pod_name and LABEL.match(pod["spec"]["subdomain"])
+        for child, pod in pods.items():
+            assert len(child) <= 63 and LABEL.match(child), child
+            assert pod["spec"]["hostname"] == child and LABEL.match(pod["spec"]["subdomain"])
             for value in pod["metadata"]["labels"].values():
                 assert len(value) <= 63 and LABEL_VALUE.match(value), value
         service = resources.service(t)["metadata"]["name"]
@@ -243,8 +243,9 @@ def test_maximum_length_and_dotted_names_give_valid_distinct_children():
         assert len(names.configmap_name(name)) <= 253
         seen[name] = {*pods, service, names.configmap_name(name), names.training_label(name)}
     assert not (seen[twins[0]] & seen[twins[1]]) and not (seen[twins[0]] & seen[twins[2]])
-    assert names.worker_name("voc.v2", "s", 1, 0) != names.worker_name("voc-v2", "s", 1, 0)
-    assert names.worker_name("voc-v2", "s", 1, 0) == "voc-v2-s-a1-w0", "plain names stay readable"
+    assert names.worker_name("voc.v2", "u", "s", 1, 0) != names.worker_name("voc-v2", "u", "s", 1, 0)
+    tag = names.child_tag("u", "s")
+    assert names.worker_name("voc-v2", "u", "s", 1, 0) == f"voc-v2-s-{tag}-a1-w0", "plain names stay readable"
 
 
 def test_a_failed_training_keeps_its_finished_pods_for_kubectl_logs():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from sim import training_obj
+from sim import pod_name, training_obj
 
 from controller import plan, resources
 from controller.api import DeepLabTrainingSpec, Training
@@ -15,9 +15,9 @@ from job.recipe import VOC_STAGES
 SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
 
 
-def pod(obj=None, index=0, attempt=1, name="voc-s16-vocaug-a1-w0"):
+def pod(obj=None, index=0, attempt=1, name=None):
     t = Training.from_obj(obj or training_obj())
-    return resources.desired_pods(t, index, attempt)[name]
+    return resources.desired_pods(t, index, attempt)[name or pod_name("s16-vocaug", 1, 0)]
 
 
 def flags(command: list[str]) -> dict[str, list[str]]:
@@ -34,7 +34,7 @@ def test_worker_pod_shape():
     p = pod()
     spec, container = p["spec"], p["spec"]["containers"][0]
     assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
-    assert spec["hostname"] == "voc-s16-vocaug-a1-w0" and spec["subdomain"] == "voc"
+    assert spec["hostname"] == pod_name("s16-vocaug", 1, 0) and spec["subdomain"] == "voc"
     assert p["metadata"]["ownerReferences"][0]["controller"] is True
     assert p["metadata"]["labels"] == {
         "deeplab.io/training": "voc",
@@ -65,7 +65,7 @@ def test_worker_pod_shape():
 def test_train_flags_follow_the_stage():
     obj = training_obj()
     obj["spec"]["stages"][0].update(
-        baseLR=0.08, batchSize=32, lossScale=3072, extraArgs=["--seed", "1"],
+        baseLR=0.08, batchSize=32, lossScale=3072, extraArgs=["--max_steps", "3"],
         evaluate={"dataList": "voc/val.txt", "scales": [0.5, 1.0], "flip": True},
     )  # fmt: skip
     f = flags(pod(obj)["spec"]["containers"][0]["command"])
@@ -76,19 +76,20 @@ def test_train_flags_follow_the_stage():
     assert f["--is_distributed"] == [""] and f["--device_target"] == ["Ascend"]
     assert f["--result_file"] == ["/dev/termination-log"]
     assert f["--eval_scales"] == ["0.5", "1"] and f["--eval_flip"] == [""]
-    assert f["--eval_data_lst"] == ["/data/voc/val.txt"] and f["--seed"] == ["1"]
+    assert f["--eval_data_lst"] == ["/data/voc/val.txt"] and f["--max_steps"] == ["3"]
+    assert f["--seed"] == ["1"] and f["--log_steps"] == ["10"]  # typed fields, the job's defaults
 
 
 def test_init_from_names_an_earlier_stage():
     obj = training_obj()
     obj["spec"]["stages"][2]["initFrom"] = "s16-vocaug"
-    container = pod(obj, 2, 1, "voc-s8-voctrain-a1-w0")["spec"]["containers"][0]
+    container = pod(obj, 2, 1, pod_name("s8-voctrain", 1, 0))["spec"]["containers"][0]
     init = [m for m in container["volumeMounts"] if m["mountPath"] == "/init"]
     assert init == [
         {"name": "checkpoints", "mountPath": "/init", "subPath": "voc/s16-vocaug", "readOnly": True}
     ]
     assert not any(
-        v["name"] == "pretrained" for v in pod(obj, 2, 1, "voc-s8-voctrain-a1-w0")["spec"]["volumes"]
+        v["name"] == "pretrained" for v in pod(obj, 2, 1, pod_name("s8-voctrain", 1, 0))["spec"]["volumes"]
     )
 
 
@@ -132,8 +133,10 @@ def test_voc_sample_agrees_with_the_recipe():
 
 
 def test_samples_parse():
-    for path in SAMPLES.glob("*.yaml"):
-        doc = yaml.safe_load(path.read_text())
+    docs = [doc for path in SAMPLES.glob("*.yaml") for doc in yaml.safe_load_all(path.read_text())]
+    trainings = [doc for doc in docs if doc and doc["kind"] == "DeepLabTraining"]
+    assert len(trainings) >= 2, "the CPU smoke and VOC samples"
+    for doc in trainings:
         DeepLabTrainingSpec.model_validate(doc["spec"])
 
 

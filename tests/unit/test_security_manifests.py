@@ -7,8 +7,10 @@ from pathlib import Path
 import yaml
 from sim import stage, training_obj
 
+from controller import __main__ as main_module
 from controller import resources
 from controller.api import Training
+from controller.policy import Policy
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
@@ -31,11 +33,23 @@ def test_worker_pods_have_no_token_no_escalation_no_capabilities():
             assert context["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
-def test_only_cpu_workers_are_forced_non_root():
-    """Ascend hosts create /dev/davinci* root-owned: NPU workers keep the image's root user."""
-    assert all("runAsNonRoot" not in p["spec"]["containers"][0]["securityContext"] for p in pods_of())
+def test_every_pod_but_npu_workers_runs_as_non_root():
+    """Ascend hosts create /dev/davinci* root-owned: NPU workers keep the image's root user. Every
+    other pod (CPU workers, the MindSpore scheduler even of an NPU training) runs as uid 1000."""
+
+    def context(pod):
+        return pod["spec"]["containers"][0]["securityContext"]
+
+    def role(pod):
+        return pod["metadata"]["labels"]["deeplab.io/role"]
+
+    assert all("runAsNonRoot" not in context(p) for p in pods_of())
+    npu_dynamic = pods_of(launcher="dynamicCluster")
+    schedulers = [p for p in npu_dynamic if role(p) == "scheduler"]
+    assert schedulers and all(context(p)["runAsNonRoot"] is True for p in schedulers)
+    assert all("runAsNonRoot" not in context(p) for p in npu_dynamic if role(p) == "worker")
     cpu = pods_of(npuResource="", launcher="dynamicCluster")
-    assert all(p["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] is True for p in cpu)
+    assert all(context(p)["runAsNonRoot"] is True and context(p)["runAsUser"] == 1000 for p in cpu)
 
 
 def test_data_pretrained_and_earlier_checkpoints_are_mounted_read_only():
@@ -50,7 +64,8 @@ def test_data_pretrained_and_earlier_checkpoints_are_mounted_read_only():
         claims = [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
         data = next(v for v in claims if v["name"] == "data")
         assert data["persistentVolumeClaim"]["readOnly"] is True
-    assert {"hostPath": {"path": "/models"}, "name": "pretrained"} in first["spec"]["volumes"]
+    pretrained = next(v for v in first["spec"]["volumes"] if v["name"] == "pretrained")
+    assert pretrained["persistentVolumeClaim"]["readOnly"] is True
 
 
 def test_env_from_the_template_reaches_pods_but_never_the_command_line():
@@ -90,3 +105,15 @@ def test_rbac_never_grants_secrets_wildcards_or_escalation():
             rule["resources"]
         )
         assert not {"escalate", "bind", "impersonate", "patch"} & set(rule["verbs"])
+
+
+def test_the_deployments_policy_flags_parse_to_the_default_policy():
+    """The Deployment's command line is the controller's: a typo in a flag would crash-loop the pod."""
+    docs = list(yaml.safe_load_all((MANIFESTS / "deployment.yaml").read_text()))
+    container = next(d for d in docs if d and d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    container = container["containers"][0]
+    argv = container["command"][container["command"].index("controller") + 1 :] + container.get("args", [])
+    parsed = main_module.options(main_module.parse(argv))
+    assert parsed.policy == Policy(), "the installed default allows no hostPath and no Secret env"
+    allowing = main_module.parse([*argv, "--allowed-host-path-prefixes=/srv/a,/srv/b", "--allow-secret-env"])
+    assert main_module.options(allowing).policy == Policy(("/srv/a", "/srv/b"), allow_secret_env=True)
