@@ -87,6 +87,12 @@ def _cel(*rules: tuple[str, ...] | dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": out}
 
 
+def _exactly_one(*fields: str) -> dict[str, Any]:
+    """A one-of: exactly one of ``fields`` set (what the API's own volume and env sources require)."""
+    present = ", ".join(f"has(self.{name})" for name in fields)
+    return _cel((f"[{present}].filter(x, x).size() == 1", f"exactly one of {', '.join(fields)} must be set"))
+
+
 def _quantity_text(value: Any) -> Any:
     """YAML's ``cpu: 1`` arrives as a number; the pod API wants the quantity's string form."""
     return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
@@ -169,15 +175,7 @@ class EmptyDirSource(Model):
 class VolumeSource(Model):
     """Exactly one of persistentVolumeClaim, hostPath, emptyDir."""
 
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            (
-                "[has(self.persistentVolumeClaim), has(self.hostPath), has(self.emptyDir)]"
-                ".filter(x, x).size() == 1",
-                "exactly one of persistentVolumeClaim, hostPath, emptyDir must be set",
-            )
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=_exactly_one("persistentVolumeClaim", "hostPath", "emptyDir"))
 
     persistent_volume_claim: PVCSource | None = None
     """A PersistentVolumeClaim of the training's namespace."""
@@ -350,13 +348,7 @@ class EnvVarSource(Model):
     """Exactly one of fieldRef, configMapKeyRef, secretKeyRef, resourceFieldRef."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
-            (
-                "[has(self.fieldRef), has(self.configMapKeyRef), has(self.secretKeyRef), "
-                "has(self.resourceFieldRef)].filter(x, x).size() == 1",
-                "exactly one of fieldRef, configMapKeyRef, secretKeyRef, resourceFieldRef must be set",
-            )
-        )
+        json_schema_extra=_exactly_one("fieldRef", "configMapKeyRef", "secretKeyRef", "resourceFieldRef")
     )
 
     field_ref: ObjectFieldSelector | None = None

@@ -17,14 +17,12 @@ from hypothesis import strategies as st
 from kubelet import apply, training_manifest
 from kubernetes.client.rest import ApiException
 from nasty_input import log_tails, termination_messages
-from unit.sim import Sim
+from unit.sim import Sim, running
 
 from controller.api import DeepLabTrainingStatus
 from controller.kube import Kube
 
 pytestmark = pytest.mark.cluster
-
-HOSTS = ["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2"]
 
 
 class Written:
@@ -46,14 +44,7 @@ class Written:
 
     def running(self) -> Sim:
         """The plan of this training with its first attempt running (pods played in memory)."""
-        sim = Sim(copy.deepcopy(self.obj))
-        sim.settle()
-        sim.place(HOSTS)
-        sim.settle()
-        sim.set_phase("Running")
-        sim.settle()
-        assert sim.status["phase"] == "Running"
-        return sim
+        return running(copy.deepcopy(self.obj))
 
 
 def as_read(status: dict) -> dict:

@@ -189,3 +189,18 @@ class Sim:
         assert self.configmap is not None
         data = self.configmap["data"]
         return json.loads(data["hccl.json"]), json.loads(data["ranks.json"])
+
+
+HOSTS = ["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2"]  # two servers, two workers each
+
+
+def running(obj: dict[str, Any] | None = None) -> Sim:
+    """A training whose first attempt runs: 4 workers placed on 2 servers, table complete, all Running."""
+    sim = Sim(obj)
+    sim.settle()
+    sim.place(HOSTS)
+    sim.settle()
+    sim.set_phase("Running")
+    sim.settle()
+    assert sim.status["phase"] == "Running"
+    return sim

@@ -6,12 +6,10 @@ import json
 from datetime import timedelta
 
 import pytest
-from sim import Sim, pod_name, result_message, stage, training_obj
+from sim import HOSTS, Sim, pod_name, result_message, running, stage, training_obj
 
 from controller import names
 from controller.plan import Create, Delete, DeleteTraining, ReplaceConfigMap
-
-HOSTS = ["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2"]
 
 
 def kinds(plan) -> list[str]:
@@ -25,15 +23,7 @@ def reasons(sim: Sim) -> list[str]:
 
 
 def running_sim(**spec) -> Sim:
-    """A training whose first attempt runs: pods placed on 2 servers, table complete, all Running."""
-    sim = Sim(training_obj(**spec))
-    sim.settle()
-    sim.place(HOSTS)
-    sim.settle()
-    sim.set_phase("Running")
-    sim.settle()
-    assert sim.status["phase"] == "Running"
-    return sim
+    return running(training_obj(**spec))
 
 
 def test_new_training_creates_service_initializing_table_and_pods():

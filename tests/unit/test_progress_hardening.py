@@ -17,14 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nasty_input import any_text, log_tails, termination_messages
-from sim import Sim, training_obj
+from sim import HOSTS, Sim, running, training_obj
 
 from controller import kube, progress
 from controller.api import DeepLabTrainingStatus
 from controller.plan import Event, PodInfo, describe_failure
 from controller.ranktable import DEVICE_ANNOTATION
 
-HOSTS = ["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2"]
 # What no cleaned text may contain: C0/C1 controls, DEL, lone surrogates, bidirectional overrides.
 UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 INT64 = range(-(2**63), 2**63)
@@ -34,18 +33,7 @@ def progress_line(**fields: Any) -> str:
     return json.dumps({"event": "progress", **fields})
 
 
-def _running() -> Sim:
-    sim = Sim(training_obj())
-    sim.settle()
-    sim.place(HOSTS)
-    sim.settle()
-    sim.set_phase("Running")
-    sim.settle()
-    assert sim.status["phase"] == "Running"
-    return sim
-
-
-RUNNING = _running()
+RUNNING = running(training_obj())
 
 
 def running() -> Sim:
