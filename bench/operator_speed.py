@@ -2,6 +2,7 @@
 
     python -m bench.operator_speed [--sizes 8 64 512] [--trainings 1000] [--quick]
     python -m bench.operator_speed --ranktable-only
+    python -m bench.operator_speed --sizes 4096 --template-kib 0 100 --trainings 0 --timeout 1800
 
 The controller runs as its own process (``python -m controller``, under its ServiceAccount's RBAC by
 impersonation), exactly as deployed, so its RSS is its own. API requests are counted by the
@@ -9,11 +10,16 @@ kube-apiserver itself: the plane is started with an audit log (Metadata level), 
 whose impersonated user is the controller's ServiceAccount is attributed to it by verb and resource.
 This benchmark plays kubelet and the Ascend device plugin (annotation, then host IP + pod IP +
 Running per pod), like tests/cluster/kubelet.py.
+
+With ``--template-kib``, each size runs once per template size (env values and annotations filling the
+CRD's own limits), each with a fresh controller whose RSS is sampled every 0.2 s from its start to the
+complete rank table: the memory a large template costs the controller, next to a template-less peer.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import signal
@@ -28,12 +34,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, emit, log, median, rss_mib
+from bench.common import REPO, emit, log, median, peak_rss_mib, rss_mib, timed
 
 SA_USER = "system:serviceaccount:deeplab-system:deeplab-operator"
 MERGE = "application/merge-patch+json"
 READ_VERBS = {"get", "list"}
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+ETCD_QUOTA_BYTES = 8 * 2**30  # etcd's default 2 GiB fills with a few revisions of 4,096 pods of 100 KiB
 AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
@@ -73,6 +80,107 @@ def ranktable_figures(servers: int = 512, per_server: int = 8, repeats: int = 7)
     }
 
 
+# -- a large pod template, within the CRD's limits ------------------------------------------------------
+def template_limits() -> dict[str, int]:
+    """The bounds the API server enforces on ``spec.template``'s env and annotations, read from the CRD
+    the benchmark applies (manifests/crd.yaml, generated from controller/api.py), at run time."""
+    import yaml
+
+    crd = yaml.safe_load((REPO / "manifests" / "crd.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    fields = spec["properties"]["template"]["properties"]
+    env, annotations = fields["env"], fields["annotations"]
+    return {
+        "env_items": env["maxItems"],
+        "env_value_chars": env["items"]["properties"]["value"]["maxLength"],
+        "annotation_items": annotations["maxProperties"],
+        "annotation_value_chars": annotations["additionalProperties"]["maxLength"],
+    }
+
+
+def padding_template(kib: int) -> dict[str, Any]:
+    """``spec.template`` with ``kib`` KiB of values, alternating annotations and env variables, each value
+    as long as the CRD allows; the most the CRD allows if that is less (logged). Checked against the
+    controller's own model, so the API server accepts it."""
+    from controller import api
+
+    limits = template_limits()
+    env: list[dict[str, str]] = []
+    annotations: dict[str, str] = {}
+    left = kib * 1024
+    while left > 0:
+        env_room = len(env) < limits["env_items"]
+        annotation_room = len(annotations) < limits["annotation_items"]
+        if annotation_room and (len(annotations) <= len(env) or not env_room):
+            value = "a" * min(limits["annotation_value_chars"], left)
+            annotations[f"bench.example.com/pad-{len(annotations):02d}"] = value
+        elif env_room:
+            value = "e" * min(limits["env_value_chars"], left)
+            env.append({"name": f"BENCH_PAD_{len(env):02d}", "value": value})
+        else:
+            log(f"template: {kib} KiB exceeds the CRD's limits {limits}; using the most it allows")
+            break
+        left -= len(value)
+    template = {key: value for key, value in (("env", env), ("annotations", annotations)) if value}
+    api.PodTemplatePatch.model_validate(template)
+    return template
+
+
+def template_figures(template: dict[str, Any] | None) -> dict[str, Any]:
+    template = template or {}
+    return {
+        "template_bytes": len(json.dumps(template)) if template else 0,
+        "env_entries": len(template.get("env", [])),
+        "annotation_entries": len(template.get("annotations", {})),
+        "limits": template_limits(),
+    }
+
+
+def build_figures(workers: int, kib: int) -> dict[str, Any]:
+    """tracemalloc peak of one attempt's desired pods (no cluster): built once and stamped per rank
+    (``resources.desired_pods``), built for every rank (the loop before issue #15), and built for every
+    rank with ``copy.deepcopy`` of the template's env per pod (what that loop's ``_env`` did)."""
+    import tracemalloc
+
+    from controller import api, names, resources
+
+    body = training_manifest("big", "bench", workers, template=padding_template(kib) if kib else None)
+    body["metadata"]["uid"] = "00000000-0000-4000-8000-000000000000"
+    t = api.Training.from_obj(body)
+    stage = t.spec.stages[0].name
+    extra = [var.wire() for var in (t.spec.template.env or [])] if t.spec.template else []
+
+    def per_rank(deep: bool) -> dict[str, Any]:
+        pods = {}
+        for rank in range(workers):
+            name = names.worker_name(t.name, t.uid, stage, 1, rank)
+            pod = resources._pod(t, 0, 1, name, names.ROLE_WORKER, rank)
+            if deep and extra:
+                container = pod["spec"]["containers"][0]
+                container["env"] = container["env"][: -len(extra)] + copy.deepcopy(extra)
+            pods[name] = pod
+        return pods
+
+    variants = {
+        "stamped": lambda: resources.desired_pods(t, 0, 1),
+        "per_rank": lambda: per_rank(False),
+        "per_rank_deepcopy_env": lambda: per_rank(True),
+    }
+    out: dict[str, Any] = {"workers": workers, "template_kib": kib}
+    for key, build in variants.items():
+        seconds = timed(build)  # untraced: tracemalloc slows allocation down several times
+        tracemalloc.start()
+        pods = build()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert len(pods) == workers
+        del pods
+        out[key] = {"peak_mib": peak / 2**20, "seconds": seconds}
+    # Strings are immutable: deepcopy and model_dump share them, so no variant copies the template's bytes.
+    out["json_mib"] = len(json.dumps(resources.desired_pods(t, 0, 1))) / 2**20
+    return out
+
+
 # -- control plane with an audit log ------------------------------------------------------------------------
 def start_plane(workdir: Path):
     """envtest.ControlPlane whose kube-apiserver also writes an audit log (bench-only subclass)."""
@@ -83,6 +191,8 @@ def start_plane(workdir: Path):
 
     class AuditedPlane(ControlPlane):
         def _spawn(self, name: str, args: list[str]) -> None:
+            if name == "etcd":
+                args = [*args, f"--quota-backend-bytes={ETCD_QUOTA_BYTES}"]
             if name == "kube-apiserver":
                 policy = self.workdir / "audit-policy.yaml"
                 policy.write_text(AUDIT_POLICY)
@@ -191,6 +301,37 @@ class ControllerProcess:
         self.log.close()
 
 
+class RssSampler:
+    """A process's RSS every ``interval`` seconds, from a thread: (epoch, MiB) samples."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, float]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.samples.append((time.time(), rss_mib(self.pid)))
+            except OSError:  # the process is gone
+                return
+            if self.stop.wait(self.interval):
+                return
+
+    def peak(self, until: float = float("inf"), since: float = 0.0) -> float:
+        return max((rss for at, rss in self.samples if since <= at <= until), default=float("nan"))
+
+    def at(self, moment: float) -> float:
+        """The last sample taken at or before ``moment``."""
+        return ([rss for at, rss in self.samples if at <= moment] or [float("nan")])[-1]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 # -- watching, as a client would ---------------------------------------------------------------
 class Watcher:
     """Records when each object of a kind first appeared and when a predicate first held (client side)."""
@@ -249,8 +390,10 @@ def wait_until(what: str, check, timeout: float, interval: float = 0.05) -> floa
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def training_manifest(name: str, namespace: str, workers: int, suspend: bool = False) -> dict[str, Any]:
-    return {
+def training_manifest(
+    name: str, namespace: str, workers: int, suspend: bool = False, template: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
         "apiVersion": "deeplab.io/v1alpha1",
         "kind": "DeepLabTraining",
         "metadata": {"name": name, "namespace": namespace},
@@ -266,6 +409,9 @@ def training_manifest(name: str, namespace: str, workers: int, suspend: bool = F
             "stages": [{"name": "s16", "dataFile": "vocaug.mindrecord0", "epochs": 2}],
         },
     }
+    if template:
+        manifest["spec"]["template"] = template
+    return manifest
 
 
 def play_kubelet(core, namespace: str, pods: list[str], per_server: int = 8) -> float:
@@ -282,7 +428,11 @@ def play_kubelet(core, namespace: str, pods: list[str], per_server: int = 8) -> 
         value = {"pod_name": pods[index], "server_id": host, "devices": [
             {"device_id": str(local), "device_ip": f"192.168.{local}.{host.rsplit('.', 1)[1]}"}]}  # fmt: skip
         body = {"metadata": {"annotations": {DEVICE_ANNOTATION: json.dumps(value)}}}
-        core.patch_namespaced_pod(pods[index], namespace, body, _content_type=MERGE, _preload_content=False)
+        _drain(
+            core.patch_namespaced_pod(
+                pods[index], namespace, body, _content_type=MERGE, _preload_content=False
+            )
+        )
 
     def place(index: int) -> float:
         status = {
@@ -290,8 +440,10 @@ def play_kubelet(core, namespace: str, pods: list[str], per_server: int = 8) -> 
             "podIP": f"10.244.{index // 250}.{index % 250 + 1}",
             "phase": "Running",
         }
-        core.patch_namespaced_pod_status(
-            pods[index], namespace, {"status": status}, _content_type=MERGE, _preload_content=False
+        _drain(
+            core.patch_namespaced_pod_status(
+                pods[index], namespace, {"status": status}, _content_type=MERGE, _preload_content=False
+            )
         )
         return time.time()
 
@@ -300,12 +452,21 @@ def play_kubelet(core, namespace: str, pods: list[str], per_server: int = 8) -> 
         return max(pool.map(place, range(len(pods))))
 
 
-def attempt(plane, admin, audit: AuditLog, workers: int, timeout: float) -> dict[str, Any]:
+def _drain(response) -> None:
+    """Read a raw response to its end, so its connection is reused (a pod is ~100 KiB with a big template)."""
+    response.read()
+    response.release_conn()
+
+
+def attempt(
+    plane, admin, audit: AuditLog, workers: int, timeout: float, template: dict[str, Any] | None = None,
+    suffix: str = "",
+) -> dict[str, Any]:  # fmt: skip
     """One training of ``workers`` pods: apply -> all pods -> IPs -> table -> Running, timed and counted."""
     from kubernetes import client
 
     core, custom = client.CoreV1Api(admin), client.CustomObjectsApi(admin)
-    namespace, name = f"bench-{workers}", f"w{workers}"
+    namespace, name = f"bench-{workers}{suffix}", f"w{workers}"
     kubectl(plane, "create", "namespace", namespace)
     wait_until("default ServiceAccount", lambda: _exists(core, namespace), 30, 0.2)
     pods = Watcher(core.list_namespaced_pod, namespace)
@@ -314,7 +475,8 @@ def attempt(plane, admin, audit: AuditLog, workers: int, timeout: float) -> dict
     maps.started.wait(10)
     try:
         applied = time.time()
-        kubectl(plane, "apply", "-f", "-", stdin=json.dumps(training_manifest(name, namespace, workers)))
+        manifest = training_manifest(name, namespace, workers, template=template)
+        kubectl(plane, "apply", "-f", "-", stdin=json.dumps(manifest))
         all_pods = wait_until(f"{workers} pods", lambda: len(pods.added) >= workers, timeout)
         last_ip = play_kubelet(core, namespace, sorted(pods.added))
         cm = f"rings-config-{name}"
@@ -332,7 +494,11 @@ def attempt(plane, admin, audit: AuditLog, workers: int, timeout: float) -> dict
         "namespace": namespace,
         "name": name,
         "pods_s": all_pods - applied,
+        "kubelet_s": last_ip - all_pods,
         "table_after_last_ip_s": table - last_ip,
+        "apply_to_table_s": table - applied,
+        "applied_epoch": applied,
+        "table_epoch": table,
         "running_after_last_ip_s": running - last_ip,
         "reads": reads,
         "writes": writes,
@@ -355,6 +521,91 @@ def _phase(custom, namespace: str, name: str) -> str | None:
         "deeplab.io", "v1alpha1", namespace, "deeplabtrainings", name, _preload_content=False
     )
     return (json.loads(response.data).get("status") or {}).get("phase")
+
+
+def template_attempt(
+    plane, admin, audit: AuditLog, workdir: Path, workers: int, kib: int, timeout: float,
+    module: str = "controller",
+) -> dict[str, Any]:  # fmt: skip
+    """One ``workers`` training with a ``kib`` KiB template, under a fresh controller (the Deployment's
+    resync) whose RSS is sampled from its start to the complete rank table and on to Running. Its
+    namespace is deleted afterwards, so the next attempt's controller does not list these pods."""
+    template = padding_template(kib) if kib else None
+    controller = ControllerProcess(plane, workdir, resync=300.0, log_interval=30.0, module=module)
+    sampler = RssSampler(controller.proc.pid)
+    namespace = f"bench-{workers}-t{kib}"
+    try:
+        controller.wait_leader()
+        leader_rss = controller.rss_mib()
+        result = attempt(plane, admin, audit, workers, timeout, template=template, suffix=f"-t{kib}")
+        sampler.close()
+        result.update(
+            template_kib=kib,
+            **template_figures(template),
+            rss_leader_mib=leader_rss,
+            rss_peak_to_table_mib=sampler.peak(result["table_epoch"]),
+            rss_peak_by_phase_mib=_phase_peaks(sampler, result),
+            rss_at_table_mib=sampler.at(result["table_epoch"]),
+            rss_peak_mib=sampler.peak(),
+            rss_final_mib=sampler.samples[-1][1],
+            rss_hwm_mib=peak_rss_mib(controller.proc.pid),  # the kernel's own peak, between samples too
+            rss_samples=len(sampler.samples),
+            limit_mib=deployment_memory_limit_mib(),
+        )
+    finally:
+        sampler.close()
+        controller.stop()
+    if kib:
+        result["unpaged_list"] = unpaged_list_peak(plane, namespace)
+    kubectl(plane, "delete", "namespace", namespace, "--wait=true", "--timeout=900s")
+    return result
+
+
+def _phase_peaks(sampler: RssSampler, result: dict[str, Any]) -> dict[str, float]:
+    """Peak RSS while the controller creates the pods, while the kubelet reports them, and until the table."""
+    all_pods = result["applied_epoch"] + result["pods_s"]
+    last_ip = all_pods + result["kubelet_s"]
+    return {
+        "create_pods": sampler.peak(all_pods, result["applied_epoch"]),
+        "kubelet": sampler.peak(last_ip, all_pods),
+        "last_ip_to_table": sampler.peak(result["table_epoch"], last_ip),
+    }
+
+
+def deployment_memory_limit_mib() -> float:
+    """The controller container's memory limit in manifests/deployment.yaml (e.g. 256Mi), in MiB."""
+    import yaml
+
+    for doc in yaml.safe_load_all((REPO / "manifests" / "deployment.yaml").read_text()):
+        if doc and doc.get("kind") == "Deployment":
+            limit = doc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+            units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+            return float(limit[:-2]) * units[limit[-2:]]
+    raise ValueError("no Deployment in manifests/deployment.yaml")
+
+
+UNPAGED_LIST = """
+import json, sys
+from bench.common import peak_rss_mib
+from controller import kube, names
+from kubernetes import client
+core = client.CoreV1Api(kube.api_client(sys.argv[1]))
+before = peak_rss_mib()
+response = core.list_namespaced_pod(sys.argv[2], label_selector=names.LABEL_TRAINING, _preload_content=False)
+data = response.data
+pods = json.loads(data)["items"]
+print(json.dumps({"pods": len(pods), "bytes": len(data), "before_mib": before, "peak_mib": peak_rss_mib()}))
+"""
+
+
+def unpaged_list_peak(plane, namespace: str) -> dict[str, Any]:
+    """What reading the attempt's pods cost before issue #15: one unpaged list, every pod decoded whole
+    (the old ``owned_pods``), in a process of its own so that its peak RSS is its own."""
+    out = subprocess.run(
+        [sys.executable, "-c", UNPAGED_LIST, str(plane.kubeconfig), namespace],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def resync_writes(audit: AuditLog, namespaces: list[str], resync: float) -> dict[str, Any]:
@@ -422,6 +673,24 @@ def _suspended(custom, namespace: str) -> int:
     return sum(1 for item in items if (item.get("status") or {}).get("phase") == "Suspended")
 
 
+def template_section(
+    args: argparse.Namespace, plane, admin, audit: AuditLog, workdir: Path
+) -> dict[str, Any]:
+    """Every size once per template size, each under a fresh controller (peers in the same run), and the
+    cost of building the desired pods without a cluster."""
+    builds = [build_figures(n, kib) for n in args.sizes for kib in args.template_kib]
+    attempts = []
+    for workers in args.sizes:
+        for kib in args.template_kib:
+            item = template_attempt(
+                plane, admin, audit, workdir, workers, kib, args.timeout, args.controller_module
+            )
+            attempts.append(item)
+            shown = {k: v for k, v in item.items() if k not in ("requests", "limits")}
+            log(f"operator {workers} workers, {kib} KiB template: {json.dumps(shown)}")
+    return {"builds": builds, "template_attempts": attempts}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from controller import kube
 
@@ -444,6 +713,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             admin = kube.api_client(str(plane.kubeconfig))
             audit = AuditLog(audit_path)
+            if args.template_kib:
+                return result | template_section(args, plane, admin, audit, workdir)
             controller = ControllerProcess(plane, workdir, args.resync, 30.0, args.controller_module)
             controller.wait_leader()
             attempts = []
@@ -476,6 +747,14 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--ranktable-only", action="store_true")
     parser.add_argument("--controller-module", default="controller", help="e.g. bench.controller_parallel")
+    parser.add_argument(
+        "--template-kib",
+        type=int,
+        nargs="+",
+        default=[],
+        help="run each size once per template size (KiB of env values and annotations), each under a fresh "
+        "controller whose RSS is sampled; replaces the attempts, resync and memory figures",
+    )
     parser.add_argument("--quick", action="store_true", help="8 and 64 workers, 200 trainings")
     args = parser.parse_args()
     if args.quick:

@@ -23,7 +23,9 @@ from kubernetes.watch.watch import iter_resp_lines
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 8.0
-PAGE_SIZE = 250
+# Objects per list page. 50: a page of 4,096-worker pods with a 100 KiB template is ~5 MiB of JSON; at 250
+# the controller peaked at 275 MiB, over its 256 Mi limit (bench/README.md, "Controller memory").
+PAGE_SIZE = 50
 Handler = Callable[[str, dict[str, Any]], None]  # (event type, object); "SYNC" for listed objects
 
 

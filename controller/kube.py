@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from controller import api, names, progress, ranktable, resources
+from controller import api, informer, names, progress, ranktable, resources
 from controller.plan import Action, Create, Delete, DeleteTraining, Event, Observed, ReplaceConfigMap
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,6 @@ class NameTaken(Exception):
     def __init__(self, kind: str, name: str, owner: str):
         super().__init__(f"{kind} {name} exists, owned by {owner}")
         self.kind, self.name, self.owner = kind, name, owner
-
-
-PAGE_SIZE = 250  # pods per list page: memory stays bounded however large the pods' templates are
 
 
 CONNECTIONS = 16
@@ -154,7 +151,7 @@ class Kube:
         while True:
             page = _json(
                 self.core.list_namespaced_pod(
-                    t.namespace, label_selector=selector, limit=PAGE_SIZE, _continue=token,
+                    t.namespace, label_selector=selector, limit=informer.PAGE_SIZE, _continue=token,
                     _preload_content=False,
                 )
             )  # fmt: skip

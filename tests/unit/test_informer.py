@@ -7,7 +7,7 @@ import threading
 
 from kubernetes.client.rest import ApiException
 
-from controller.informer import Informer
+from controller.informer import PAGE_SIZE, Informer
 
 
 class Response:
@@ -89,6 +89,6 @@ def test_lists_page_by_page_and_watches_from_the_snapshot_version():
     informer.join(5)
     lists = [c for c in calls if not c.get("watch")]
     assert [c.get("_continue") for c in lists] == [None, "p2", "p3"]
-    assert all(c["limit"] == 250 for c in lists)
+    assert all(c["limit"] == PAGE_SIZE for c in lists)
     assert seen == ["a", "b", "c", "d", "e"] and informer.lists == 1
     assert next(c for c in calls if c.get("watch"))["resource_version"] == "42"
