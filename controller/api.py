@@ -282,7 +282,8 @@ class Stage(Model):
     aspp_rates: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(
         default=None, min_length=3, max_length=3
     )
-    """The three ASPP atrous rates (default: 6, 12, 18 at output stride 16; 12, 24, 36 at 8)."""
+    """The three ASPP atrous rates (default: 6, 12, 18 at both output strides, as in the model zoo
+    network behind the seed's table; the paper uses 12, 24, 36 at output stride 8)."""
     freeze_bn: bool = False
     """Batch norm uses and keeps its moving statistics (small per-device batches)."""
     loss_scale: float = Field(default=3072.0, ge=1)

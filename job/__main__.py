@@ -1,4 +1,4 @@
-"""``deeplab-job``: train, eval, build-data, demo, convert-torch, and launch (the worker pods' entrypoint).
+"""``deeplab-job``: train, eval, build-data, prepare-voc, demo, convert-torch, launch (the pods' entrypoint).
 
 Order matters here: ``device.prepare_environment()`` runs before any module that imports MindSpore
 is imported (they are imported inside the command functions), and configuration is validated
@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from job import device, recipe
-from job.config import BuildDataConfig, DemoConfig, EvalConfig, TrainConfig, add_model_arguments, build
+from job.config import (
+    BuildDataConfig,
+    DemoConfig,
+    EvalConfig,
+    PrepareVocConfig,
+    TrainConfig,
+    add_model_arguments,
+    build,
+)
 from job.errors import BadInput
 
 PROG = "deeplab-job"
@@ -37,19 +45,21 @@ def _eval(config: EvalConfig) -> int:
 
     from job import checkpoints
     from job.evaluate import evaluate
-    from job.model import deeplabv3
+    from job.model import settings_from_checkpoint
     from job.progress import dumps
 
     device.select_device(config.device_target)
     ms.set_context(mode=ms.GRAPH_MODE)
-    net = deeplabv3(config.model, config.num_classes, config.aspp_rates)
+    # The checkpoint's record decides the network (rates and alignment change results, not shapes).
+    settings = settings_from_checkpoint(checkpoints.read_meta(config.ckpt_path), config, config.ckpt_path)
+    net = settings.build()
     checkpoints.load_strict(net, config.ckpt_path)
     net.set_train(False)
     metrics = evaluate(
         net,
         data_root=config.data_root,
         data_lst=config.data_lst,
-        num_classes=config.num_classes,
+        num_classes=settings.num_classes,
         ignore_label=config.ignore_label,
         crop_size=config.crop_size,
         scales=list(config.scales),
@@ -57,7 +67,9 @@ def _eval(config: EvalConfig) -> int:
         batch_size=config.batch_size,
         save_predictions=config.save_predictions,
     )
-    text = dumps({"event": "eval", "checkpoint": config.ckpt_path, **metrics})
+    network = {"model": settings.model, "aspp_rates": list(settings.aspp_rates)}
+    network["align_corners"] = settings.align_corners  # what was built: the record, else the flags
+    text = dumps({"event": "eval", "checkpoint": config.ckpt_path, "network": network, **metrics})
     if config.output_json:
         from pathlib import Path
 
@@ -77,8 +89,18 @@ def _build_data(config: BuildDataConfig) -> int:
         config.shuffle,
         num_classes=config.num_classes or None,
         ignore_label=config.ignore_label,
+        val_lst=config.val_lst,
     )
     print(json.dumps({"event": "build-data", "shards": shards}), flush=True)
+    return recipe.EXIT_OK
+
+
+def _prepare_voc(config: PrepareVocConfig) -> int:
+    from job.data.voc import prepare
+
+    report = prepare(config.voc, config.sbd, config.output_dir)
+    event = {"event": "prepare-voc", "output_dir": config.output_dir, "lists": report.lists}
+    print(json.dumps({**event, "written": report.written, "unchanged": report.unchanged}), flush=True)
     return recipe.EXIT_OK
 
 
@@ -100,6 +122,9 @@ COMMANDS: dict[str, Command] = {
     "train": Command(TrainConfig, _train, "train DeepLabV3 (resumes from train_dir's newest checkpoint)"),
     "eval": Command(EvalConfig, _eval, "evaluate a checkpoint (mIoU; multi-scale, flip)"),
     "build-data": Command(BuildDataConfig, _build_data, "convert an image/label list to sharded MindRecord"),
+    "prepare-voc": Command(
+        PrepareVocConfig, _prepare_voc, "VOC 2012 + SBD (folders or archives) -> images, index labels, lists"
+    ),
     "demo": Command(DemoConfig, _demo, "synthetic data -> train on CPU -> evaluate, in minutes"),
 }
 LAUNCH_HELP = "worker entrypoint: rank table or MS_* variables -> environment -> exec a command (job.launch)"
@@ -109,6 +134,11 @@ def _convert_torch_parser(sub) -> None:
     parser = sub.add_parser("convert-torch", help="torchvision ResNet-101 state_dict -> MindSpore checkpoint")
     parser.add_argument("source", help="torchvision resnet101 state_dict file (torch.save)")
     parser.add_argument("destination", help="MindSpore checkpoint to write")
+    parser.add_argument(
+        "--keep_rgb",
+        action="store_true",
+        help="keep conv1's input channels in torchvision's RGB order (default: reversed, BGR pipeline)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -128,7 +158,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "convert-torch":
         from job.convert_torch import convert_file
 
-        convert_file(args.source, args.destination)
+        convert_file(args.source, args.destination, keep_rgb=args.keep_rgb)
         return recipe.EXIT_OK
     command = COMMANDS[args.command]
     config = build(command.model, values, args.config)  # validated before MindSpore loads

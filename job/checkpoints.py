@@ -19,13 +19,12 @@ from typing import Any
 import mindspore as ms
 from mindspore import nn
 
+from job import weights
 from job.errors import BadInput
 
 STEP_PATTERN = re.compile(r"^deeplab-(\d{8})\.ckpt$")
 FINAL_NAME = "final.ckpt"
 META_PREFIX = "meta_"
-# Prefixes other DeepLab/ResNet checkpoints put before names that are otherwise ours.
-FOREIGN_PREFIXES = ("network.", "net.", "model.", "_backbone.", "resnet.")
 
 
 def step_path(train_dir: str | Path, step: int) -> Path:
@@ -88,7 +87,14 @@ def read(path: str | Path) -> dict[str, Any]:
     try:
         return ms.load_checkpoint(str(path))
     except (ValueError, RuntimeError, OSError) as exc:
-        raise BadInput(f"{path}: not a readable MindSpore checkpoint ({str(exc).splitlines()[0]})") from exc
+        hint = "; convert PyTorch weights with `python -m job convert-torch`" if _is_torch_file(path) else ""
+        raise BadInput(
+            f"{path}: not a readable MindSpore checkpoint ({str(exc).splitlines()[0]}){hint}"
+        ) from exc
+
+
+def _is_torch_file(path: str | Path) -> bool:
+    return Path(path).suffix in (".pth", ".pt")
 
 
 def meta_of(entries: dict[str, Any]) -> dict[str, Any]:
@@ -100,35 +106,88 @@ def meta_of(entries: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Only the ``meta_*`` entries (what the network must be built as, before its weights load);
+    BadInput if unreadable. A file without them (older, or a model zoo checkpoint) gives {}."""
+    if not Path(path).is_file():
+        raise BadInput(f"{path}: checkpoint not found")
+    names: list[str] = []
+
+    def is_meta(name: str) -> bool:
+        names.append(name)
+        return name.startswith(META_PREFIX)
+
+    try:
+        entries = ms.load_checkpoint(str(path), choice_func=is_meta)
+    except (ValueError, RuntimeError, OSError) as exc:
+        if names and not any(name.startswith(META_PREFIX) for name in names):
+            return {}  # parsed, but MindSpore refuses an empty selection
+        raise BadInput(f"{path}: not a readable MindSpore checkpoint ({str(exc).splitlines()[0]})") from exc
+    return meta_of(entries)
+
+
 @dataclass
 class LoadReport:
-    """What a non-strict load did: printed for the user, checked by tests."""
+    """What a load did, by our parameter names: printed as one coverage line, checked by tests."""
 
     path: str
+    source: str  # the detected naming in words (job/weights.py)
     loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # network parameters the file did not have
-    unused: list[str] = field(default_factory=list)  # file entries that matched nothing
+    missing: list[str] = field(default_factory=list)  # network parameters left at initialisation
+    unused: list[str] = field(default_factory=list)  # file entries without a slot (optimizer state...)
+    dropped: list[str] = field(default_factory=list)  # had a slot, left out on purpose (--filter_weight)
 
-    def summary(self, limit: int = 20) -> str:
-        lines = [
-            f"loaded {len(self.loaded)} parameters from {self.path}; {len(self.missing)} missing, "
-            f"{len(self.unused)} unused in the file"
-        ]
-        if self.missing:
-            shown = ", ".join(self.missing[:limit]) + (" ..." if len(self.missing) > limit else "")
-            lines.append(f"  missing (left at initialisation): {shown}")
-        return "\n".join(lines)
+    def summary(self) -> str:
+        """One line: backbone tensors loaded / expected, and whether the head was loaded."""
+        loaded = [name for name in self.loaded if weights.is_backbone(name)]
+        missing = [name for name in self.missing if weights.is_backbone(name)]
+        expected = len(loaded) + len(missing)
+        text = f"loaded {self.path} ({self.source}): backbone {len(loaded)}/{expected} tensors"
+        if missing:
+            text += f" ({len(missing)} left at random initialisation: --allow_partial)"
+        return f"{text}, {self._head()}"
+
+    def _head(self) -> str:
+        loaded = [name for name in self.loaded if not weights.is_backbone(name)]
+        missing = [name for name in self.missing if not weights.is_backbone(name)]
+        if not missing:
+            return "head loaded"
+        if self.dropped and set(missing) == set(self.dropped):
+            return "head loaded except the classifier (--filter_weight: initialised at random)"
+        if not loaded:
+            return "head not in the checkpoint (initialised at random)"
+        return f"head {len(loaded)}/{len(loaded) + len(missing)} tensors (the rest initialised at random)"
 
 
-def _canonical(name: str, ours: dict[str, Any]) -> str | None:
-    """Map a file entry name to one of our parameter names, or None."""
-    candidates = [name]
-    for prefix in FOREIGN_PREFIXES:
-        if name.startswith(prefix):
-            candidates.append(name[len(prefix) :])
-    for candidate in list(candidates):
-        candidates.append("backbone." + candidate)  # a bare ResNet checkpoint
-    return next((c for c in candidates if c in ours), None)
+def _say(line: str) -> None:
+    print(f"deeplab-job: {line}", file=sys.stderr, flush=True)
+
+
+def _in_our_names(
+    path: str | Path, net: nn.Cell, entries: dict[str, Any]
+) -> tuple[str, dict[str, Any], list[str]]:
+    """(what the file is, {our name: its Parameter}, unused file entries), whatever its naming."""
+    params = {
+        name: value
+        for name, value in entries.items()
+        if isinstance(value, ms.Parameter) and not name.startswith(META_PREFIX)
+    }
+    naming = weights.detect(params, str(path))
+    mapping, unused = weights.to_ours(params, naming, (p.name for p in net.get_parameters()))
+    source = weights.title(naming, meta_of(entries))
+    return source, {ours: params[theirs] for ours, theirs in mapping.items()}, unused
+
+
+def _check_classes(path: str | Path, net: nn.Cell, mapped: dict[str, Any], hint: str) -> None:
+    """A classifier for another class count is the one mismatch users cause on purpose: say so."""
+    ours = {p.name: tuple(p.shape) for p in net.get_parameters()}
+    theirs = mapped.get(weights.CLASSIFIER[0])
+    target = ours.get(weights.CLASSIFIER[0])
+    if theirs is not None and target is not None and theirs.shape[0] != target[0]:
+        raise BadInput(
+            f"{path}: its classifier has {theirs.shape[0]} classes, this network {target[0]} "
+            f"(--num_classes){hint}"
+        )
 
 
 def check_shapes(path: str | Path, net: nn.Cell, entries: dict[str, Any]) -> None:
@@ -143,34 +202,60 @@ def check_shapes(path: str | Path, net: nn.Cell, entries: dict[str, Any]) -> Non
             )
 
 
-def load_pretrained(net: nn.Cell, path: str | Path) -> LoadReport:
-    """Non-strict load of a ResNet-101 ImageNet or a full DeepLab checkpoint; prints the report."""
+def _load(net: nn.Cell, mapped: dict[str, Any], strict: bool) -> None:
+    params = {name: ms.Parameter(value.data, name=name) for name, value in mapped.items()}
+    ms.load_param_into_net(net, params, strict_load=strict)
+
+
+def load_pretrained(
+    net: nn.Cell, path: str | Path, *, allow_partial: bool = False, filter_weight: bool = False
+) -> LoadReport:
+    """Start training from a checkpoint in any known naming (job/weights.py); one coverage line on stderr.
+
+    The head may be absent (an ImageNet backbone starts the recipe's first stage) and is then left at
+    random. A backbone tensor the file lacks is BadInput unless ``allow_partial``: a partly random
+    backbone trains without complaint and converges worse, and nothing later would say why.
+    ``filter_weight`` (the model zoo's flag) drops the file's classifier, as the zoo does, so weights
+    for another class count can start a new task; without it such a classifier is BadInput naming it.
+    """
     entries = read(path)
-    ours = {p.name: p for p in net.get_parameters()}
-    mapped: dict[str, Any] = {}
-    report = LoadReport(str(path))
-    for name, value in entries.items():
-        if not isinstance(value, ms.Parameter) or name.startswith(META_PREFIX):
-            continue
-        target = _canonical(name, ours)
-        if target is None or target in mapped:
-            report.unused.append(name)
-            continue
-        mapped[target] = ms.Parameter(value.data, name=target)
+    source, mapped, unused = _in_our_names(path, net, entries)
+    report = LoadReport(str(path), source, unused=unused)
+    if filter_weight:
+        report.dropped = [name for name in weights.CLASSIFIER if mapped.pop(name, None) is not None]
+    _check_classes(
+        path, net, mapped, "; --filter_weight drops the checkpoint's classifier to train a new one"
+    )
     check_shapes(path, net, mapped)
-    ms.load_param_into_net(net, mapped, strict_load=False)
-    report.loaded = sorted(mapped)
-    report.missing = [name for name in ours if name not in mapped]
-    print(report.summary(), file=sys.stderr)
+    names = [p.name for p in net.get_parameters()]
+    report.loaded = [name for name in names if name in mapped]
+    report.missing = [name for name in names if name not in mapped]
+    absent = [name for name in report.missing if weights.is_backbone(name)]
+    if absent and not allow_partial:
+        expected = sum(weights.is_backbone(name) for name in names)
+        raise BadInput(
+            f"{path} ({source}): {len(absent)} of {expected} backbone tensors are not in the checkpoint: "
+            f"{weights.listing(absent)}; --allow_partial trains with them at random initialisation"
+        )
+    _load(net, mapped, strict=False)
+    _say(report.summary())
     return report
 
 
 def load_strict(net: nn.Cell, path: str | Path) -> dict[str, Any]:
-    """Load every network parameter from ``path`` (evaluation); BadInput if any is absent or wrong."""
+    """Load every network parameter from ``path`` in any known naming (evaluation); BadInput if one is
+    absent or of another shape. Prints the coverage line; returns the checkpoint's ``meta_*`` values."""
     entries = read(path)
-    check_shapes(path, net, entries)
-    missing = [p.name for p in net.get_parameters() if p.name not in entries]
+    source, mapped, _ = _in_our_names(path, net, entries)
+    _check_classes(path, net, mapped, "")
+    check_shapes(path, net, mapped)
+    names = [p.name for p in net.get_parameters()]
+    missing = [name for name in names if name not in mapped]
     if missing:
-        raise BadInput(f"{path}: checkpoint lacks {len(missing)} network parameters (e.g. {missing[0]})")
-    ms.load_param_into_net(net, {p.name: entries[p.name] for p in net.get_parameters()}, strict_load=True)
+        raise BadInput(
+            f"{path} ({source}): lacks {len(missing)} of {len(names)} network parameters: "
+            f"{weights.listing(missing)}; this needs a whole DeepLabV3 checkpoint"
+        )
+    _load(net, mapped, strict=True)
+    _say(LoadReport(str(path), source, loaded=names).summary())
     return meta_of(entries)

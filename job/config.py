@@ -46,8 +46,12 @@ class _NetConfig(_Base):
         recipe.CROP_SIZE, description="training crop / evaluation pad size (pixels)"
     )
     batch_size: PositiveInt = Field(32, description="images per device per step")
-    aspp_rates: tuple[PositiveInt, PositiveInt, PositiveInt] | None = Field(
-        None, description="ASPP atrous rates (3 ints); default (6,12,18) at OS16, (12,24,36) at OS8"
+    aspp_rates: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        recipe.ASPP_RATES,
+        description="ASPP atrous rates (3 ints), the model zoo's at both strides; the paper's OS8: 12 24 36",
+    )
+    align_corners: bool = Field(
+        recipe.ALIGN_CORNERS, description="final bilinear upsampling of the logits aligns corners (the zoo's)"
     )
     device_target: DeviceTarget = Field("auto", description="backend; auto = Ascend, then GPU, then CPU")
 
@@ -66,11 +70,22 @@ class TrainConfig(_NetConfig):
     min_scale: PositiveFloat = Field(recipe.MIN_SCALE, description="smallest random scale")
     max_scale: PositiveFloat = Field(recipe.MAX_SCALE, description="largest random scale")
     ckpt_pre_trained: str | None = Field(
-        None, description="ResNet-101 or DeepLab checkpoint to start from (loaded non-strict)"
+        None,
+        description="checkpoint to start from, naming detected: ImageNet ResNet-101 (model zoo's, or "
+        "torchvision's through convert-torch), a model zoo DeepLabV3 or this project's",
+    )
+    allow_partial: bool = Field(
+        False, description="train even if ckpt_pre_trained lacks backbone tensors (they stay at random init)"
+    )
+    filter_weight: bool = Field(
+        False, description="drop ckpt_pre_trained's classifier (model zoo flag; for another num_classes)"
     )
     save_steps: PositiveInt = Field(1500, description="save a checkpoint every N steps")
     keep_checkpoint_max: PositiveInt = Field(5, description="step checkpoints kept in train_dir")
     loss_scale: PositiveFloat = Field(recipe.LOSS_SCALE, description="fixed loss scale")
+    aspp_dropout: float = Field(
+        recipe.ASPP_DROPOUT, ge=0, lt=1, description="drop probability after the ASPP projection (training)"
+    )
     is_distributed: bool = Field(False, description="data-parallel over all ranks (HCCL or dynamic cluster)")
     freeze_bn: bool = Field(False, description="BN uses and keeps its moving statistics (small batches)")
     max_steps: int = Field(0, ge=0, description="stop after this global step (0 = no limit; smoke runs)")
@@ -105,7 +120,10 @@ class EvalConfig(_NetConfig):
     freeze_bn: bool = Field(
         True, description="accepted for compatibility: evaluation always uses BN moving statistics"
     )
-    ckpt_path: str = Field(description="checkpoint to evaluate (loaded strictly)")
+    ckpt_path: str = Field(
+        description="checkpoint to evaluate, this project's or a model zoo DeepLabV3 (naming detected; "
+        "every parameter needed)"
+    )
     output_json: str | None = Field(None, description="also write the metrics JSON here")
     save_predictions: str | None = Field(None, description="write colour prediction PNGs to this directory")
 
@@ -124,6 +142,19 @@ class BuildDataConfig(_Base):
     ignore_label: int = Field(
         recipe.IGNORE_LABEL, ge=0, le=255, description="label value allowed besides classes"
     )
+    val_lst: str | None = Field(
+        None, description="validation list (same data_root): any image also in data_lst is an error"
+    )
+
+
+class PrepareVocConfig(_Base):
+    """``deeplab-job prepare-voc``: VOC 2012 (+ SBD) as downloaded -> JPEGImages, index labels, list files."""
+
+    voc: str = Field(description="VOCtrainval_11-May-2012.tar, or the VOCdevkit or VOC2012 folder")
+    sbd: str | None = Field(
+        None, description="benchmark.tgz or the benchmark_RELEASE folder; needed for vocaug_train_lst.txt"
+    )
+    output_dir: str = Field(description="where JPEGImages/, SegmentationClassGray/ and the lists go")
 
 
 class DemoConfig(_Base):

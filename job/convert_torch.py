@@ -2,6 +2,12 @@
 
 ``convert_state`` works on any mapping of name -> array (testable without torch); loading the torch
 file is a thin shell, and torch is imported only there (it is not a dependency of the job).
+
+torchvision's ImageNet weights were trained on RGB input, while this pipeline decodes BGR (OpenCV) and
+normalises in BGR order, as the model zoo's DeepLabV3 does. So conv1's input channels are reversed on
+conversion: each filter meets the colour it learnt on. ``keep_rgb`` leaves them as they are (to compare
+with a run that did not flip). The choice is recorded in the checkpoint (``meta_channels``) and shown
+when the file is loaded.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from job import weights
 from job.errors import BadInput
 
 BN_NAMES = {
@@ -26,6 +33,7 @@ _BN = re.compile(
     r"^(bn1|layer\d\.\d+\.bn\d|layer\d\.\d+\.downsample\.1)\.(weight|bias|running_mean|running_var)$"
 )
 SKIPPED = re.compile(r"^fc\.|\.num_batches_tracked$")
+FIRST_CONV = "backbone.conv1.weight"  # (64, 3, 7, 7): axis 1 is the input colour channel
 
 
 def rename(torch_name: str) -> str | None:
@@ -40,9 +48,10 @@ def rename(torch_name: str) -> str | None:
 
 
 def convert_state(
-    state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]
+    state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]], *, keep_rgb: bool = False
 ) -> dict[str, np.ndarray]:
-    """Rename and check shapes against ``expected`` (our backbone parameter name -> shape).
+    """Rename, check shapes against ``expected`` (our backbone parameter name -> shape) and, unless
+    ``keep_rgb``, reverse conv1's input channels (RGB -> BGR, see the module's docstring).
 
     Every backbone parameter must be covered exactly once: a partial conversion would silently
     leave random layers behind the "pretrained" label.
@@ -61,6 +70,13 @@ def convert_state(
     missing = sorted(set(expected) - set(out))
     if missing:
         raise BadInput(f"state_dict lacks {len(missing)} ResNet-101 parameters (e.g. {missing[0]})")
+    return out if keep_rgb else rgb_to_bgr(out)
+
+
+def rgb_to_bgr(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same weights for BGR input: conv1's input channels reversed, everything else unchanged."""
+    out = dict(arrays)
+    out[FIRST_CONV] = np.ascontiguousarray(out[FIRST_CONV][:, ::-1])
     return out
 
 
@@ -85,16 +101,18 @@ def load_torch_state(path: str) -> dict[str, np.ndarray]:
     return {key: value.detach().cpu().numpy() for key, value in state.items()}
 
 
-def save(arrays: Mapping[str, np.ndarray], destination: str) -> None:
+def save(arrays: Mapping[str, np.ndarray], destination: str, *, keep_rgb: bool = False) -> None:
     import mindspore as ms
 
     from job import checkpoints
 
     entries = [{"name": name, "data": ms.Tensor(array)} for name, array in arrays.items()]
-    checkpoints.save_atomic(entries, destination, {"source": "torchvision-resnet101"})
+    meta = {"source": weights.TORCHVISION_SOURCE, "channels": "RGB" if keep_rgb else "BGR"}
+    checkpoints.save_atomic(entries, destination, meta)
 
 
-def convert_file(source: str, destination: str) -> None:
-    arrays = convert_state(load_torch_state(source), backbone_shapes())
-    save(arrays, destination)
-    print(f"wrote {len(arrays)} backbone parameters to {destination}")
+def convert_file(source: str, destination: str, *, keep_rgb: bool = False) -> None:
+    arrays = convert_state(load_torch_state(source), backbone_shapes(), keep_rgb=keep_rgb)
+    save(arrays, destination, keep_rgb=keep_rgb)
+    order = "kept in RGB order (--keep_rgb)" if keep_rgb else "reversed RGB -> BGR"
+    print(f"wrote {len(arrays)} backbone parameters to {destination}; conv1 input channels {order}")

@@ -1,8 +1,10 @@
 """``deeplab-job demo``: the whole job on a synthetic set, on CPU, in minutes.
 
-Every stage is the real code path: ``job.data.synthetic`` writes JPEG/PNG files and list files,
-``convert_list`` builds MindRecord, ``job.train`` trains the real ResNet-101 DeepLabV3 (GRAPH mode,
-checkpoints, progress lines), and ``job.evaluate`` loads ``final.ckpt`` strictly and computes mIoU,
+Every stage is the real code path: ``job.data.synthetic`` writes a VOC 2012 devkit (JPEGs, palette
+PNGs, split files), ``prepare-voc``'s code turns it into index labels and list files, ``convert_list``
+builds MindRecord (checking the training list shares no image with the validation list),
+``job.train`` trains the real ResNet-101 DeepLabV3 (GRAPH mode, checkpoints, progress lines), and
+``job.evaluate`` loads ``final.ckpt`` strictly and computes mIoU,
 writing colour prediction images. Only the sizes are small.
 """
 
@@ -67,18 +69,23 @@ def run(config: DemoConfig) -> dict[str, Any]:
     data_root, train_dir, predictions = out / "data", out / "train", out / "predictions"
 
     from job.data.convert import convert_list
-    from job.data.synthetic import generate
+    from job.data.synthetic import generate_voc
+    from job.data.voc import VOC_TRAIN_LST, VOC_VAL_LST, prepare
 
-    _say(f"writing {config.num_train}+{config.num_val} synthetic images ({config.size}px) to {data_root}")
-    train_lst, val_lst = generate(
-        str(data_root),
+    _say(f"writing {config.num_train}+{config.num_val} synthetic images ({config.size}px) in VOC's layout")
+    voc = generate_voc(
+        str(out / "download"),
         num_train=config.num_train,
         num_val=config.num_val,
         size=config.size,
         num_classes=config.num_classes,
         seed=config.seed,
     )
-    shards = convert_list(str(data_root), train_lst, str(out / "mindrecord" / "train.mindrecord"), 1, True)
+    prepare(voc, None, str(data_root))  # as for the real VOC: palette PNGs -> index PNGs + list files
+    train_lst, val_lst = str(data_root / VOC_TRAIN_LST), str(data_root / VOC_VAL_LST)
+    shards = convert_list(
+        str(data_root), train_lst, str(out / "mindrecord" / "train.mindrecord"), 1, True, val_lst=val_lst
+    )
     _say(f"MindRecord: {shards[0]}")
 
     from job import train

@@ -18,11 +18,11 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from job import checkpoints, device, distributed, recipe
+from job import checkpoints, device, distributed, recipe, run_identity
 from job.config import TrainConfig
 from job.errors import BadInput
 from job.losses import SoftmaxCrossEntropy
-from job.model import DeepLabV3, deeplabv3
+from job.model import DeepLabV3, NetSettings
 from job.progress import Progress, default_result_file, write_result
 from job.schedules import learning_rates
 
@@ -92,7 +92,7 @@ class Position:
 
 
 def build_network(config: TrainConfig, backend: str) -> DeepLabV3:
-    net = deeplabv3(config.model, config.num_classes, config.aspp_rates)
+    net = NetSettings.from_config(config).build()
     if config.freeze_bn:
         freeze_batch_norm(net)
     return net
@@ -113,6 +113,10 @@ def build_dataset(config: TrainConfig, group: distributed.Group):
 
     if not Path(config.data_file).is_file():
         raise BadInput(f"{config.data_file}: data_file not found (make it with build-data)")
+    if config.eval_data_lst:  # training on validation images would inflate the after-training mIoU
+        from job.data.convert import check_record_disjoint
+
+        check_record_disjoint(config.data_file, config.eval_data_lst)
     return train_dataset(
         config.data_file,
         batch_size=config.batch_size,
@@ -137,33 +141,38 @@ def checkpoint_entries(net: nn.Cell, optimizer: nn.Optimizer | None) -> list[dic
     return entries
 
 
-def checkpoint_meta(config: TrainConfig, step: int, steps_per_epoch: int) -> dict[str, Any]:
+def checkpoint_meta(
+    config: TrainConfig, step: int, steps_per_epoch: int, *, group_size: int
+) -> dict[str, Any]:
     return {
-        "model": config.model,
-        "num_classes": config.num_classes,
+        run_identity.META_KEY: run_identity.encode(identity(config, group_size)),
+        **NetSettings.from_config(config).meta(),  # model, classes, rates, dropout, alignment
         "step": step,
         "epoch": step // steps_per_epoch,
     }
 
 
-def resume(config: TrainConfig, net: nn.Cell, optimizer: nn.Optimizer) -> Position:
+def identity(config: TrainConfig, group_size: int) -> dict[str, Any]:
+    """The run's identity (job/run_identity.py), recorded in every checkpoint it writes."""
+    return run_identity.of(config, group_size, NetSettings.from_config(config).meta())
+
+
+def resume(config: TrainConfig, net: nn.Cell, optimizer: nn.Optimizer, *, group_size: int = 1) -> Position:
     """Restore the newest readable step checkpoint in train_dir; else load --ckpt_pre_trained.
 
-    An unreadable (e.g. truncated) file is skipped with a warning; a readable one for another model
-    or class count is bad input (training over it would be wrong, deleting it would lose work).
+    An unreadable (e.g. truncated) file is skipped with a warning; a readable one (or a final.ckpt)
+    of another run is bad input naming the settings that differ (job/run_identity.py): resuming it
+    would skip or cut short this run's loop, deleting it would lose work.
     """
+    current = identity(config, group_size)
+    notes = [_check_final(config, current)]
     for step, path in checkpoints.step_checkpoints(config.train_dir):
         try:
             entries = checkpoints.read(path)
         except BadInput as exc:
             print(f"deeplab-job: warning: skipping {exc}", file=sys.stderr)
             continue
-        meta = checkpoints.meta_of(entries)
-        for key in ("model", "num_classes"):
-            if key in meta and meta[key] != getattr(config, key):
-                raise BadInput(
-                    f"{path}: checkpoint is for {key}={meta[key]}, this run has {getattr(config, key)}"
-                )
+        notes.append(run_identity.check(path, checkpoints.meta_of(entries), current))
         checkpoints.check_shapes(path, net, entries)
         checkpoints.check_shapes(path, optimizer, entries)
         names = {p.name for p in net.get_parameters()} | {p.name for p in optimizer.moments} | {"global_step"}
@@ -177,11 +186,42 @@ def resume(config: TrainConfig, net: nn.Cell, optimizer: nn.Optimizer) -> Positi
         restored = int(optimizer.global_step.asnumpy().reshape(-1)[0])
         if restored != step:
             raise BadInput(f"{path}: global_step inside ({restored}) does not match the file name")
-        print(f"deeplab-job: resuming from {path} at step {step}", file=sys.stderr)
+        _warn_once(notes)
+        ignored = (
+            f"; --ckpt_pre_trained {config.ckpt_pre_trained} not loaded" if config.ckpt_pre_trained else ""
+        )
+        print(f"deeplab-job: resuming from {path} at step {step}{ignored}", file=sys.stderr)
         return Position(step, str(path))
+    _warn_once(notes)
     if config.ckpt_pre_trained:
-        checkpoints.load_pretrained(net, config.ckpt_pre_trained)
+        checkpoints.load_pretrained(
+            net,
+            config.ckpt_pre_trained,
+            allow_partial=config.allow_partial,
+            filter_weight=config.filter_weight,
+        )
     return Position(0, None)
+
+
+def _check_final(config: TrainConfig, current: dict[str, Any]) -> str | None:
+    """A final.ckpt of another run in train_dir is bad input too: this run would overwrite it, and
+    with no step checkpoint left nothing else would notice. Returns the old-checkpoint warning."""
+    final = Path(config.train_dir) / checkpoints.FINAL_NAME
+    if not final.is_file():
+        return None
+    try:
+        meta = checkpoints.read_meta(final)
+    except BadInput as exc:
+        print(f"deeplab-job: warning: ignoring {exc}", file=sys.stderr)
+        return None
+    return run_identity.check(final, meta, current)
+
+
+def _warn_once(notes: list[str | None]) -> None:
+    """At most one line about checkpoints too old to record their run (final.ckpt and a step one)."""
+    note = next((note for note in notes if note), None)
+    if note:
+        print(f"deeplab-job: warning: {note}", file=sys.stderr)
 
 
 def batches(dataset, steps_per_epoch: int, first_step: int, epochs: int) -> Iterator[tuple[int, tuple]]:
@@ -253,7 +293,7 @@ def fit(config: TrainConfig, dataset=None) -> tuple[DeepLabV3, dict[str, Any]]:
         decay_rate=config.lr_decay_rate,
     )
     optimizer = nn.Momentum(net.trainable_params(), ms.Tensor(lrs), recipe.MOMENTUM, recipe.WEIGHT_DECAY)
-    position = resume(config, net, optimizer)
+    position = resume(config, net, optimizer, group_size=group.size)
     if backend == "Ascend":
         # O2: fp16 network with fp32 BN; the loss casts logits to fp32. After loading, so that
         # checkpoints keep fp32 master weights on every backend.
@@ -330,7 +370,9 @@ def _save_step(config, net, optimizer, state: LoopState, steps_per_epoch: int, g
         return
     path = checkpoints.step_path(config.train_dir, state.step)
     checkpoints.save_atomic(
-        checkpoint_entries(net, optimizer), path, checkpoint_meta(config, state.step, steps_per_epoch)
+        checkpoint_entries(net, optimizer),
+        path,
+        checkpoint_meta(config, state.step, steps_per_epoch, group_size=group.size),
     )
     checkpoints.prune(config.train_dir, config.keep_checkpoint_max)
     state.saved_step = state.step
@@ -367,7 +409,9 @@ def _finish(config: TrainConfig, net, state: LoopState, steps_per_epoch: int, gr
     if not group.is_main:
         return result
     checkpoints.save_atomic(
-        checkpoint_entries(net, None), final, checkpoint_meta(config, state.step, steps_per_epoch)
+        checkpoint_entries(net, None),
+        final,
+        checkpoint_meta(config, state.step, steps_per_epoch, group_size=group.size),
     )
     if config.eval_data_root and config.eval_data_lst:
         from job.evaluate import evaluate

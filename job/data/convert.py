@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from job.data.listfile import Pair, bad_input, missing_files, parse_list
+from job.data.listfile import Pair, bad_input, check_disjoint, missing_files, parse_list
 from job.errors import BadInput
 from job.recipe import IGNORE_LABEL
 
@@ -110,18 +110,22 @@ def convert_list(
     ignore_label: int = IGNORE_LABEL,
     overwrite: bool = True,
     workers: int | None = None,
+    val_lst: str | None = None,
 ) -> list[str]:
     """Validate every line, then write the MindRecord shards; returns their paths (shard 0 first).
 
     ``shuffle`` must be a real bool (the zoo's argparse ``type=bool`` turned "False" into True);
     the shuffled order depends only on ``seed``. ``num_classes`` enables the label-value check.
     ``overwrite=False`` refuses to replace existing shards. ``workers`` threads decode for the
-    validation (OpenCV releases the GIL). Raises BadInput naming every bad line.
+    validation (OpenCV releases the GIL). ``val_lst``, a validation list under the same root, must
+    share no image with ``data_lst``. Raises BadInput naming every bad line.
     """
     if not isinstance(shuffle, bool):
         raise BadInput(f"shuffle must be true or false, got {shuffle!r}")
     if not 1 <= num_shards <= MAX_SHARDS:
         raise BadInput(f"num_shards must be in 1..{MAX_SHARDS}, got {num_shards}")
+    if val_lst is not None:
+        check_disjoint(_images(data_lst), _images(val_lst), data_lst, val_lst)
     pairs = _validated_pairs(data_root, data_lst, num_classes, ignore_label, workers)
     if shuffle:
         random.Random(seed).shuffle(pairs)
@@ -131,6 +135,32 @@ def convert_list(
         raise BadInput(f"output {existing[0]} exists (overwrite is off)")
     _write_atomically(data_root, pairs, dst_path, num_shards)
     return paths
+
+
+def recorded_images(data_file: str) -> list[str]:
+    """The ``file_name`` column of a MindRecord set (any shard names the whole set): the image paths
+    of the list it was built from, as that list wrote them."""
+    from mindspore.mindrecord import FileReader  # heavy import, only when asked
+
+    reader = FileReader(data_file, columns=["file_name"])
+    try:
+        return [str(row["file_name"]) for row in reader.get_next()]
+    finally:
+        reader.close()
+
+
+def check_record_disjoint(data_file: str, val_lst: str) -> None:
+    """BadInput when the training MindRecord holds an image of the validation list ``val_lst``.
+
+    Paths are compared as both lists wrote them (relative to their data roots), so the check holds
+    when training and validation data share one layout, e.g. both from ``prepare-voc``.
+    """
+    check_disjoint(recorded_images(data_file), _images(val_lst), data_file, val_lst)
+
+
+def _images(data_lst: str) -> list[str]:
+    """The image column of a list (malformed lines are reported by the full validation)."""
+    return [pair.image for pair in parse_list(data_lst)[0]]
 
 
 def _validated_pairs(

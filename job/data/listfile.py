@@ -7,6 +7,8 @@ list directly, without MindRecord).
 from __future__ import annotations
 
 import os
+import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from job.errors import BadInput
@@ -14,6 +16,7 @@ from job.errors import BadInput
 # A list with thousands of bad lines (e.g. every label a palette PNG) should not produce a
 # megabyte-long message: Kubernetes truncates termination messages at 4 KiB anyway.
 MAX_LISTED_PROBLEMS = 20
+MAX_SHOWN_SHARED = 5  # images named when a training list overlaps a validation list
 
 
 @dataclass(frozen=True)
@@ -98,3 +101,35 @@ def _line_number(problem: str) -> int:
         return int(problem.split(":", 1)[0].split()[1])
     except (IndexError, ValueError):
         return 0
+
+
+def image_key(path: str) -> str:
+    """The identity of a list entry's image: its path relative to the data root, normalised.
+
+    Paths, not file stems: data sets that number each split from 1 (``train/0001.jpg``,
+    ``val/0001.jpg``) must not be reported as overlapping; VOC-style lists share one root anyway.
+    """
+    return posixpath.normpath(path.replace("\\", "/")).removeprefix("./")
+
+
+def shared_images(train: Iterable[str], val: Iterable[str]) -> list[str]:
+    """Training images that are also validation images, in training order (each once)."""
+    val_keys = {image_key(path) for path in val}
+    seen: dict[str, None] = {}
+    for path in train:
+        if image_key(path) in val_keys:
+            seen.setdefault(image_key(path), None)
+    return list(seen)
+
+
+def check_disjoint(train: Iterable[str], val: Iterable[str], train_name: str, val_name: str) -> None:
+    """BadInput when a training set shares images with a validation set (its mIoU would be inflated)."""
+    shared = shared_images(train, val)
+    if shared:
+        first = ", ".join(shared[:MAX_SHOWN_SHARED])
+        more = ", ..." if len(shared) > MAX_SHOWN_SHARED else ""
+        noun = "image" if len(shared) == 1 else "images"
+        raise BadInput(
+            f"training list {train_name} shares {len(shared)} {noun} with validation list {val_name}:"
+            f" {first}{more}"
+        )

@@ -5,13 +5,16 @@ rectangles, triangles; the shape does not tell the class). Each object class has
 its own texture (stripes at a class-specific angle and period, a checkerboard, dots or a smooth
 gradient), jittered per object and overlaid with noise, so a CNN must learn colour and texture
 from context rather than read off a single pixel value. Like PASCAL VOC, a thin band around
-every object boundary is labelled 255 (ignore). Images are JPEG (q=90), labels 8-bit grayscale
-PNGs of class ids; list files hold paths relative to the root.
+every object boundary is labelled 255 (ignore). Images are JPEG (q=90). ``generate`` writes labels
+as 8-bit grayscale PNGs of class ids and list files of paths relative to the root; ``generate_voc``
+writes the same scenes as PASCAL VOC ships them (palette PNGs, split files of names), which
+``prepare-voc`` converts like the real data set.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -141,41 +144,88 @@ def render(
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
-def generate(
-    root: str, *, num_train: int, num_val: int, size: int, num_classes: int, seed: int
-) -> tuple[str, str]:
-    """Write the set under ``root`` and return the paths of ``train.txt`` and ``val.txt``.
-
-    Images are ``size`` wide and 75-100 % of that high (landscape, like VOC's 500x375), so the
-    pipeline's padding and evaluation's long-side resize are exercised. Deterministic for a seed:
-    every image has its own generator derived from (seed, split, index).
-    """
+def _check(num_train: int, num_val: int, size: int, num_classes: int) -> None:
     if num_classes < 2 or num_classes > IGNORE_LABEL:
         raise BadInput(f"num_classes must be in 2..{IGNORE_LABEL}, got {num_classes}")
     if size < 16:
         raise BadInput(f"size must be >= 16, got {size}")
     if num_train < 0 or num_val < 0:
         raise BadInput("num_train and num_val must be >= 0")
+
+
+def scenes(
+    *, num_train: int, num_val: int, size: int, num_classes: int, seed: int
+) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(split, name, BGR image, label) for every scene, train then val.
+
+    Images are ``size`` wide and 75-100 % of that high (landscape, like VOC's 500x375), so the
+    pipeline's padding and evaluation's long-side resize are exercised. Deterministic for a seed:
+    every image has its own generator derived from (seed, split, index).
+    """
+    _check(num_train, num_val, size, num_classes)
     styles = class_styles(num_classes)
-    for folder in ("images", "labels"):
-        os.makedirs(os.path.join(root, folder), exist_ok=True)
-    lists = []
     for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val))):
-        lines = []
         for index in range(count):
             rng = np.random.default_rng([seed, split_id, index])
             height = int(size * rng.uniform(0.75, 1.0))
             image, label = render((height, size), styles, rng)
-            stem = f"{split}_{index:05d}"
-            image_rel, label_rel = f"images/{stem}.jpg", f"labels/{stem}.png"
-            _write(os.path.join(root, image_rel), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-            _write(os.path.join(root, label_rel), label, [])
-            lines.append(f"{image_rel} {label_rel}\n")
-        list_path = os.path.join(root, f"{split}.txt")
-        with open(list_path, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-        lists.append(list_path)
-    return lists[0], lists[1]
+            yield split, f"{split}_{index:05d}", image, label
+
+
+def generate(
+    root: str, *, num_train: int, num_val: int, size: int, num_classes: int, seed: int
+) -> tuple[str, str]:
+    """Write the set under ``root`` (``images/``, ``labels/``); return the paths of train.txt and val.txt."""
+    _check(num_train, num_val, size, num_classes)
+    for folder in ("images", "labels"):
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+    lines: dict[str, list[str]] = {"train": [], "val": []}
+    for split, stem, image, label in scenes(
+        num_train=num_train, num_val=num_val, size=size, num_classes=num_classes, seed=seed
+    ):
+        image_rel, label_rel = f"images/{stem}.jpg", f"labels/{stem}.png"
+        _write(os.path.join(root, image_rel), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        _write(os.path.join(root, label_rel), label, [])
+        lines[split].append(f"{image_rel} {label_rel}\n")
+    return _write_lists(root, lines)
+
+
+def generate_voc(root: str, *, num_train: int, num_val: int, size: int, num_classes: int, seed: int) -> str:
+    """The same scenes in the PASCAL VOC 2012 devkit layout; returns ``root/VOCdevkit/VOC2012``.
+
+    ``JPEGImages/<name>.jpg``, ``SegmentationClass/<name>.png`` as *palette* PNGs with VOC's colour
+    map (what VOC ships; ``prepare-voc`` turns them back into index PNGs) and
+    ``ImageSets/Segmentation/{train,val}.txt`` holding one name per line.
+    """
+    from PIL import Image
+
+    from job.palette import voc_palette
+
+    _check(num_train, num_val, size, num_classes)
+    voc = os.path.join(root, "VOCdevkit", "VOC2012")
+    for folder in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
+        os.makedirs(os.path.join(voc, folder), exist_ok=True)
+    names: dict[str, list[str]] = {"train": [], "val": []}
+    for split, name, image, label in scenes(
+        num_train=num_train, num_val=num_val, size=size, num_classes=num_classes, seed=seed
+    ):
+        _write(os.path.join(voc, "JPEGImages", f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        indexed = Image.fromarray(label)  # mode L; putpalette makes it a palette image of the same indices
+        indexed.putpalette(voc_palette().reshape(-1).tolist())
+        indexed.save(os.path.join(voc, "SegmentationClass", f"{name}.png"))
+        names[split].append(f"{name}\n")
+    _write_lists(os.path.join(voc, "ImageSets", "Segmentation"), names)
+    return voc
+
+
+def _write_lists(directory: str, lines: dict[str, list[str]]) -> tuple[str, str]:
+    paths = []
+    for split in ("train", "val"):
+        path = os.path.join(directory, f"{split}.txt")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.writelines(lines[split])
+        paths.append(path)
+    return paths[0], paths[1]
 
 
 def _write(path: str, array: np.ndarray, params: list[int]) -> None:

@@ -42,16 +42,26 @@ class ImagePooling(nn.Cell):
 
 
 class ASPP(nn.Cell):
-    """1x1 branch + one 3x3 atrous branch per rate + image pooling, concat, 1x1 projection, dropout."""
+    """1x1 branch + one 3x3 atrous branch per rate + image pooling, concat, 1x1 projection, dropout.
 
-    def __init__(self, cin: int, rates: tuple[int, ...], channels: int = recipe.ASPP_CHANNELS) -> None:
+    ``dropout`` is the probability of DROPPING a value (MindSpore 2.x ``nn.Dropout(p=...)``), applied
+    in training only; evaluation passes the projection through unchanged.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        rates: tuple[int, ...],
+        channels: int = recipe.ASPP_CHANNELS,
+        dropout: float = recipe.ASPP_DROPOUT,
+    ) -> None:
         super().__init__()
         branches = [conv_bn_relu(cin, channels, 1)]
         branches += [conv_bn_relu(cin, channels, 3, dilation=rate) for rate in rates]
         branches.append(ImagePooling(cin, channels))
         self.branches = nn.CellList(branches)
         self.project = conv_bn_relu(channels * len(branches), channels, 1)
-        self.dropout = nn.Dropout(p=1.0 - recipe.DROPOUT_KEEP)
+        self.dropout = nn.Dropout(p=dropout)
 
     def construct(self, x):
         outputs = ()

@@ -78,6 +78,24 @@ def test_aspp_rates_take_three_ints():
     assert config.aspp_rates == (12, 24, 36)
 
 
+def test_network_defaults_are_the_model_zoos_and_flags_change_them():
+    train = parse("train", shlex.split("--data_file d --train_dir t --model deeplab_v3_s8"))
+    assert train.aspp_rates == (6, 12, 18) and train.aspp_dropout == 0.7 and train.align_corners is True
+    assert not {"aspp_rates", "aspp_dropout", "align_corners"} & train.model_fields_set  # defaults, not given
+    argv = "--data_file d --train_dir t --aspp_dropout 0.5 --align_corners false"
+    given = parse("train", shlex.split(argv))
+    assert given.aspp_dropout == 0.5 and given.align_corners is False
+    evaluation = parse("eval", RECIPE_EVAL)
+    assert evaluation.align_corners is True and not hasattr(evaluation, "aspp_dropout")  # training only
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1"])
+def test_aspp_dropout_is_a_probability_below_one(value, capsys):
+    code = main(["train", "--data_file", "d", "--train_dir", "t", "--aspp_dropout", value])
+    err = capsys.readouterr().err.strip()
+    assert code == recipe.EXIT_BAD_INPUT and err.startswith("deeplab-job: error: aspp_dropout")
+
+
 def test_yaml_config_with_flag_override(tmp_path: Path):
     yaml_file = tmp_path / "stage.yaml"
     yaml_file.write_text(

@@ -1,4 +1,8 @@
-"""torchvision ResNet-101 state_dict -> our names, checked without torch on a synthetic state_dict."""
+"""torchvision ResNet-101 state_dict -> our names, checked without torch on a synthetic state_dict.
+
+Every tensor gets distinct random values, so a value that lands in the wrong parameter (a BN's weight
+taken for its bias, a running mean for a variance) shows up as a mismatch, not as equal zeros.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,20 @@ from job.errors import BadInput
 pytestmark = pytest.mark.mindspore
 
 
+BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+
+
 def torchvision_resnet101_state() -> dict[str, np.ndarray]:
     """torchvision's resnet101 keys and shapes, written from its layout (not from our model)."""
     state: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(101)
 
     def conv(name: str, cout: int, cin: int, k: int) -> None:
-        state[f"{name}.weight"] = np.zeros((cout, cin, k, k), np.float32)
+        state[f"{name}.weight"] = rng.standard_normal((cout, cin, k, k), dtype=np.float32)
 
     def bn(name: str, c: int) -> None:
         for key in ("weight", "bias", "running_mean", "running_var"):
-            state[f"{name}.{key}"] = np.full((c,), 0.5, np.float32)
+            state[f"{name}.{key}"] = rng.uniform(0.1, 2.0, c).astype(np.float32)
         state[f"{name}.num_batches_tracked"] = np.array(7)
 
     conv("conv1", 64, 3, 7)
@@ -44,6 +52,13 @@ def torchvision_resnet101_state() -> dict[str, np.ndarray]:
     return state
 
 
+def our_name(torch_name: str) -> str:
+    """The parameter a torchvision key must land in, spelt out independently of job.convert_torch."""
+    stem, _, leaf = torch_name.rpartition(".")
+    is_bn = stem.endswith(("bn1", "bn2", "bn3", "downsample.1"))
+    return f"backbone.{stem}.{BN[leaf] if is_bn else leaf}"
+
+
 @pytest.fixture(scope="module")
 def shapes():
     from job.convert_torch import backbone_shapes
@@ -51,15 +66,49 @@ def shapes():
     return backbone_shapes()
 
 
-def test_every_backbone_parameter_is_mapped_once(shapes):
+def test_every_value_lands_in_its_parameter_and_conv1_becomes_bgr(shapes):
     from job.convert_torch import convert_state
 
     state = torchvision_resnet101_state()
     converted = convert_state(state, shapes)
-    assert set(converted) == set(shapes)  # all 314 (conv + BN incl. moving statistics) covered
-    assert converted["backbone.layer3.22.bn3.moving_variance"].shape == (1024,)
-    assert converted["backbone.layer1.0.downsample.1.gamma"][0] == 0.5
-    assert not any("fc" in name or "num_batches" in name for name in converted)
+    assert set(converted) == set(shapes)  # all 520 (104 convs + 104 BNs x 4, moving statistics too)
+    kept = {
+        key: value for key, value in state.items() if not key.startswith("fc.") and "num_batches" not in key
+    }
+    assert len(kept) == 520
+    for key, value in kept.items():
+        expected = value[:, ::-1] if key == "conv1.weight" else value
+        assert np.array_equal(converted[our_name(key)], expected), key
+    blue, red = converted["backbone.conv1.weight"][:, 0], converted["backbone.conv1.weight"][:, 2]
+    assert np.array_equal(blue, state["conv1.weight"][:, 2]) and np.array_equal(
+        red, state["conv1.weight"][:, 0]
+    )
+    bn = "backbone.layer1.0.downsample.1"
+    assert np.array_equal(converted[f"{bn}.moving_variance"], state["layer1.0.downsample.1.running_var"])
+    assert not np.array_equal(converted[f"{bn}.moving_variance"], converted[f"{bn}.moving_mean"])
+
+
+def test_keep_rgb_leaves_conv1_as_torchvision_has_it(shapes):
+    from job.convert_torch import convert_state
+
+    state = torchvision_resnet101_state()
+    converted = convert_state(state, shapes, keep_rgb=True)
+    assert np.array_equal(converted["backbone.conv1.weight"], state["conv1.weight"])
+    assert np.array_equal(converted["backbone.layer4.2.conv3.weight"], state["layer4.2.conv3.weight"])
+
+
+def test_cli_passes_keep_rgb_and_records_the_channel_order(monkeypatch, tmp_path):
+    from job import __main__, checkpoints, convert_torch
+
+    calls = []
+    monkeypatch.setattr(convert_torch, "convert_file", lambda *args, **kwargs: calls.append((args, kwargs)))
+    assert __main__.main(["convert-torch", "r101.pth", "r101.ckpt", "--keep_rgb"]) == 0
+    assert __main__.main(["convert-torch", "r101.pth", "r101.ckpt"]) == 0
+    assert [kwargs for _, kwargs in calls] == [{"keep_rgb": True}, {"keep_rgb": False}]
+    small = {"backbone.conv1.weight": np.ones((2, 3, 1, 1), np.float32)}
+    convert_torch.save(small, str(tmp_path / "rgb.ckpt"), keep_rgb=True)
+    meta = checkpoints.meta_of(checkpoints.read(tmp_path / "rgb.ckpt"))
+    assert meta == {"source": "torchvision-resnet101", "channels": "RGB"}
 
 
 def test_wrong_shape_missing_key_and_foreign_key_are_bad_input(shapes):

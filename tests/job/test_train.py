@@ -136,9 +136,10 @@ def test_resume_restores_step_lr_position_and_momentum(dataset, train_dir):
     from job import checkpoints, train
     from job.config import TrainConfig
 
-    config = TrainConfig(
-        data_file=dataset["data_file"], train_dir=str(train_dir), num_classes=CLASSES, crop_size=33
-    )
+    config = TrainConfig(  # the same run as the first test's (resume refuses another run's checkpoints)
+        data_file=dataset["data_file"], train_dir=str(train_dir), num_classes=CLASSES, crop_size=33,
+        batch_size=2, train_epochs=10, base_lr=0.01,
+    )  # fmt: skip
     net = train.build_network(config, "CPU")
     lrs = np.linspace(0.1, 0.0, 30, dtype=np.float32)
     optimizer = nn.Momentum(net.trainable_params(), ms.Tensor(lrs), recipe.MOMENTUM, recipe.WEIGHT_DECAY)

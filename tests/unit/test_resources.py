@@ -132,6 +132,25 @@ def test_voc_sample_agrees_with_the_recipe():
     assert got == [dict(s) for s in VOC_STAGES]
 
 
+def test_voc_sample_builds_the_recipes_network():
+    """Through the operator's own flags and the job's parser: every stage of the sample trains the
+    network job/recipe.py states (the model zoo's rates at both strides, its dropout and alignment)."""
+    from job.__main__ import make_parser
+    from job.config import TrainConfig, build
+
+    sample = yaml.safe_load((SAMPLES / "voc-three-stage.yaml").read_text())
+    sample["metadata"].update(namespace="ns", uid="u1")
+    t = Training.from_obj(sample)
+    assert len(t.spec.stages) == len(VOC_STAGES)
+    for index, stage in enumerate(VOC_STAGES):
+        args = make_parser().parse_args(["train", *resources.train_args(t, index)])
+        config = build(TrainConfig, {k: v for k, v in vars(args).items() if k not in ("command", "config")})
+        network = (config.model, config.aspp_rates, config.aspp_dropout, config.align_corners)
+        expected = (stage["model"], recipe.ASPP_RATES, recipe.ASPP_DROPOUT, recipe.ALIGN_CORNERS)
+        assert network == expected, stage["name"]
+    assert recipe.ASPP_RATES == (6, 12, 18) and recipe.ASPP_DROPOUT == 0.7 and recipe.ALIGN_CORNERS is True
+
+
 def test_samples_parse():
     docs = [doc for path in SAMPLES.glob("*.yaml") for doc in yaml.safe_load_all(path.read_text())]
     trainings = [doc for doc in docs if doc and doc["kind"] == "DeepLabTraining"]
