@@ -1,4 +1,4 @@
-"""``deeplab-job``: train, eval, build-data, prepare-voc, demo, convert-torch, launch (the pods' entrypoint).
+"""``deeplab-job``: train, eval, predict, export, plot, build-data, prepare-voc, demo, convert-torch, launch.
 
 Order matters here: ``device.prepare_environment()`` runs before any module that imports MindSpore
 is imported (they are imported inside the command functions), and configuration is validated
@@ -19,6 +19,9 @@ from job.config import (
     BuildDataConfig,
     DemoConfig,
     EvalConfig,
+    ExportConfig,
+    PlotConfig,
+    PredictConfig,
     PrepareVocConfig,
     TrainConfig,
     add_model_arguments,
@@ -104,6 +107,24 @@ def _prepare_voc(config: PrepareVocConfig) -> int:
     return recipe.EXIT_OK
 
 
+def _predict(config: PredictConfig) -> int:
+    from job import predict
+
+    return predict.run(config)
+
+
+def _export(config: ExportConfig) -> int:
+    from job import export
+
+    return export.run(config)
+
+
+def _plot(config: PlotConfig) -> int:
+    from job import plot
+
+    return plot.run(config)
+
+
 def _demo(config: DemoConfig) -> int:
     from job import demo
 
@@ -125,6 +146,9 @@ COMMANDS: dict[str, Command] = {
     "prepare-voc": Command(
         PrepareVocConfig, _prepare_voc, "VOC 2012 + SBD (folders or archives) -> images, index labels, lists"
     ),
+    "predict": Command(PredictConfig, _predict, "segment your own images: colour masks and overlays"),
+    "export": Command(ExportConfig, _export, "checkpoint -> MINDIR / AIR / ONNX file for inference"),
+    "plot": Command(PlotConfig, _plot, "training curves (loss, LR, images/s) of train dirs -> PNG"),
     "demo": Command(DemoConfig, _demo, "synthetic data -> train on CPU -> evaluate, in minutes"),
 }
 LAUNCH_HELP = "worker entrypoint: rank table or MS_* variables -> environment -> exec a command (job.launch)"

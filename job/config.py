@@ -16,7 +16,15 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from job import recipe
 from job.errors import BadInput
@@ -128,6 +136,72 @@ class EvalConfig(_NetConfig):
     save_predictions: str | None = Field(None, description="write colour prediction PNGs to this directory")
 
 
+class PredictConfig(_NetConfig):
+    """``deeplab-job predict``: segment one's own images (no labels) with eval's multi-scale/flip protocol."""
+
+    batch_size: PositiveInt = Field(1, description="images per network call")
+    ckpt_path: str = Field(
+        description="checkpoint to predict with (its recorded network settings are used; naming detected)"
+    )
+    input: list[str] = Field(
+        min_length=1, description="JPEG/PNG files, folders (their images) or globs (** recurses); repeatable"
+    )
+    output: str = Field(description="directory for <stem>_mask.png, <stem>_overlay.<ext>, <stem>_index.png")
+    scales: list[PositiveFloat] = Field([1.0], min_length=1, description="evaluation scales (repeatable)")
+    flip: bool = Field(False, description="add horizontally flipped predictions")
+    palette: str | None = Field(
+        None, description="class colours: one 'r g b' line per class, or a JSON list (default: VOC's)"
+    )
+    class_names: str | None = Field(
+        None, description="class names: one per line, or a JSON list (default: VOC's for 21 classes)"
+    )
+    save_index: bool = Field(False, description="also write <stem>_index.png, the class ids as gray levels")
+    overlay_alpha: float = Field(0.5, ge=0, le=1, description="weight of the mask's colours in the overlay")
+    overlay_format: Literal["jpg", "png"] = Field("jpg", description="overlay file type")
+
+
+class ExportConfig(_Base):
+    """``deeplab-job export``: checkpoint -> MINDIR / AIR / ONNX file for inference, network from its record.
+
+    The network fields only matter for a checkpoint that does not record its network (a model zoo
+    one); for this project's checkpoints the record wins and a contradicting flag is exit 2.
+    """
+
+    ckpt_path: str = Field(description="checkpoint to export, this project's or a model zoo DeepLabV3")
+    file_format: Literal["MINDIR", "AIR", "ONNX"] = Field(
+        "MINDIR", description="MINDIR (any device; MindSpore Lite converts it), AIR (needs Ascend), ONNX"
+    )
+    input_size: list[PositiveInt] = Field(
+        [recipe.CROP_SIZE],
+        min_length=1,
+        max_length=2,
+        description="input side, or height and width (pixels; the graph's fixed shape)",
+    )
+    batch_size: PositiveInt = Field(1, description="images per call of the exported graph (fixed)")
+    output: Literal["logits", "softmax", "argmax"] = Field(
+        "logits", description="graph output: logits, softmax over classes (N, C, H, W), or argmax (N, H, W)"
+    )
+    output_file: str | None = Field(
+        None, description="path prefix, the format's extension appended; unset: ckpt_path minus .ckpt"
+    )
+    model: ModelName = Field("deeplab_v3_s16", description="network, if the checkpoint does not record it")
+    num_classes: PositiveInt = Field(recipe.NUM_CLASSES, description="classes, if not recorded")
+    aspp_rates: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        recipe.ASPP_RATES, description="ASPP atrous rates, if not recorded"
+    )
+    align_corners: bool = Field(
+        recipe.ALIGN_CORNERS, description="logits' upsampling aligns corners, if not recorded"
+    )
+    device_target: DeviceTarget = Field("auto", description="backend; auto = Ascend, then GPU, then CPU")
+
+    @field_validator("device_target")
+    @classmethod
+    def _air_needs_ascend(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("file_format") == "AIR" and value in ("CPU", "GPU"):
+            raise ValueError("file_format AIR needs an Ascend device")
+        return value
+
+
 class BuildDataConfig(_Base):
     """``deeplab-job build-data``: list file of image/label pairs -> sharded MindRecord."""
 
@@ -179,6 +253,18 @@ class DemoConfig(_Base):
         return value
 
 
+class PlotConfig(_Base):
+    """``deeplab-job plot``: progress.jsonl of one or more train dirs (a recipe's stages) -> a PNG."""
+
+    train_dirs: list[str] = Field(
+        min_length=1,
+        description="train dirs with progress.jsonl, in stage order (several chain as one recipe's stages)",
+        json_schema_extra={"positional": True, "metavar": "TRAIN_DIR"},
+    )
+    output: str = Field("curves.png", description="PNG to write", json_schema_extra={"short": "-o"})
+    smoothing: float = Field(0.9, ge=0, lt=1, description="EMA weight of the smoothed loss (0 = raw)")
+
+
 # -- flags generated from the models ----------------------------------------------------------
 
 
@@ -214,6 +300,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel])
     Booleans are real booleans: ``--flag`` alone means true and ``--flag false`` works (argparse's
     ``type=bool`` would turn "False" into True). Lists are repeatable (``--scales 0.5 --scales 1``)
     and also take several values (``--scales 0.5 1``). Tuples take their fixed number of values.
+    A list field with ``json_schema_extra={"positional": True}`` is taken from the positional
+    arguments instead (``plot DIR DIR``); ``{"short": "-o"}`` adds a short flag.
     """
     for name, field in model.model_fields.items():
         annotation = _strip_optional(field.annotation)
@@ -230,7 +318,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel])
         elif (choices := _literal_choices(annotation)) is not None:
             # Shown, not enforced by argparse: pydantic gives the uniform one-line error.
             kwargs.update(metavar="{" + ",".join(str(choice) for choice in choices) + "}")
-        parser.add_argument(f"--{name}", **kwargs)
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("positional"):
+            parser.add_argument(
+                name, nargs="*", default=argparse.SUPPRESS, metavar=extra.get("metavar"), help=help_text
+            )
+            continue
+        parser.add_argument(f"--{name}", *([extra["short"]] if "short" in extra else []), **kwargs)
 
 
 def _format_error(error: ValidationError) -> str:

@@ -100,12 +100,14 @@ def run(config: DemoConfig) -> dict[str, Any]:
     train_seconds = time.monotonic() - trained
 
     metrics = _evaluate(config, settings, result["checkpoint"], str(data_root), val_lst, str(predictions))
+    curves = _curves(train_dir, out / "curves.png", metrics["miou"])
     summary = {
         "event": "demo",
         "miou": metrics["miou"],
         "iou": metrics["iou"],
         "checkpoint": result["checkpoint"],
         "predictions": str(predictions),
+        "curves": str(curves),
         "train_loss": result["loss"],
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),
@@ -116,11 +118,24 @@ def run(config: DemoConfig) -> dict[str, Any]:
     )
     _say(f"checkpoint: {result['checkpoint']}")
     _say(f"predictions: {predictions}")
+    _say(f"training curves: {curves}")
     _say(f"done in {summary['total_seconds']:.0f} s (training {summary['train_seconds']:.0f} s)")
     from job.progress import dumps
 
     print(dumps(summary), flush=True)
     return summary
+
+
+def _curves(train_dir: Path, output: Path, miou: float) -> Path:
+    """``deeplab-job plot`` on the demo's train dir; the mIoU is the demo's own evaluation (the training
+    ran without one, so its result record has none)."""
+    from dataclasses import replace
+
+    from job import plot
+
+    stage = replace(plot.read_stage(str(train_dir)), result={"miou": miou})
+    plot.save([stage], str(output), smoothing=0.6)  # ~20 points: the default 0.9 would lag behind
+    return output
 
 
 def _evaluate(

@@ -91,6 +91,34 @@ def _resize_channels(probs: np.ndarray, width: int, height: int) -> np.ndarray:
     return resized if resized.ndim == 3 else resized[:, :, None]  # cv2 drops a single channel axis
 
 
+def predict_labels(
+    net: mindspore.nn.Cell,
+    images: Sequence[np.ndarray],
+    *,
+    num_classes: int,
+    crop_size: int,
+    scales: Sequence[float],
+    flip: bool,
+    batch_size: int = 1,
+) -> list[np.ndarray]:
+    """Label maps (H, W) at each BGR image's own size: the protocol above, without labels.
+
+    Shared by ``evaluate`` and ``predict`` so a prediction is exactly what evaluation scores.
+    ``net`` must already be in inference mode. uint8 for up to 256 classes, else int32. Raises
+    BadInput if the network predicts another number of classes.
+    """
+    total = [np.zeros((*image.shape[:2], num_classes), dtype=np.float32) for image in images]
+    for scale in scales:
+        side = canvas_size(crop_size, scale)
+        probs = predict_probabilities(net, images, side, flip=flip, batch_size=batch_size)
+        for index, prob in enumerate(probs):
+            if prob.shape[2] != num_classes:
+                raise BadInput(f"network predicts {prob.shape[2]} classes, num_classes is {num_classes}")
+            total[index] += prob
+    dtype = np.uint8 if num_classes <= 256 else np.int32
+    return [prob.argmax(axis=2).astype(dtype) for prob in total]
+
+
 def evaluate(
     net: mindspore.nn.Cell,
     *,
@@ -122,16 +150,11 @@ def evaluate(
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         images, labels = zip(*(_load(data_root, pair) for pair in chunk), strict=True)
-        total = [np.zeros((*image.shape[:2], num_classes), dtype=np.float32) for image in images]
-        for scale in scales:
-            side = canvas_size(crop_size, scale)
-            probs = predict_probabilities(net, images, side, flip=flip, batch_size=batch_size)
-            for index, prob in enumerate(probs):
-                if prob.shape[2] != num_classes:
-                    raise BadInput(f"network predicts {prob.shape[2]} classes, num_classes is {num_classes}")
-                total[index] += prob
-        for pair, label, prob in zip(chunk, labels, total, strict=True):
-            prediction = prob.argmax(axis=2).astype(np.uint8 if num_classes <= 256 else np.int32)
+        predictions = predict_labels(
+            net, images, num_classes=num_classes, crop_size=crop_size, scales=scales, flip=flip,
+            batch_size=batch_size,
+        )  # fmt: skip
+        for pair, label, prediction in zip(chunk, labels, predictions, strict=True):
             try:
                 matrix.update(prediction, label)
             except ValueError as error:

@@ -23,7 +23,7 @@ from job.config import TrainConfig
 from job.errors import BadInput
 from job.losses import SoftmaxCrossEntropy
 from job.model import DeepLabV3, NetSettings
-from job.progress import Progress, default_result_file, write_result
+from job.progress import Progress, ProgressLog, default_result_file, write_result
 from job.schedules import learning_rates
 
 
@@ -311,7 +311,9 @@ def fit(config: TrainConfig, dataset=None) -> tuple[DeepLabV3, dict[str, Any]]:
         start_step=position.step,
         enabled=group.is_main,
         images_per_step=config.batch_size * group.size,
+        log=ProgressLog(config.train_dir, enabled=group.is_main),
     )
+    progress.begin()
     state = _loop(
         config,
         dataset,
@@ -428,5 +430,7 @@ def _finish(config: TrainConfig, net, state: LoopState, steps_per_epoch: int, gr
             flip=config.eval_flip,
         )
         result["miou"] = metrics["miou"]
-    write_result(config.result_file or default_result_file(config.train_dir), result)
+    write_result(
+        config.result_file or default_result_file(config.train_dir), result, log=ProgressLog(config.train_dir)
+    )
     return result

@@ -43,6 +43,9 @@ def test_demo_runs_end_to_end_at_tiny_size(tmp_path: Path):
     )
     assert len(list(Path(summary["predictions"]).glob("*.png"))) == 2
     assert "mIoU" in proc.stderr and str(out / "predictions") in proc.stderr
+    curves = out / "curves.png"
+    assert summary["curves"] == str(curves) and f"training curves: {curves}" in proc.stderr
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_demo_never_deletes_a_directory_it_did_not_create(tmp_path: Path):

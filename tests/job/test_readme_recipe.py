@@ -78,7 +78,7 @@ def test_the_readme_recipe_runs_from_the_archives_to_the_final_miou(tmp_path):
     loaded = []
     for command in commands:
         kind = command[3]
-        args = [sys.executable, "-m", "job", *command[4:], *SMALL[kind]]
+        args = [sys.executable, "-m", "job", *command[3:], *SMALL[kind]]
         done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"{shlex.join(command)}\n{done.stderr[-3000:]}"
         if kind == "train":
