@@ -125,6 +125,7 @@ def test_training_lowers_the_loss_and_writes_checkpoints_progress_and_result(dat
     assert sorted(os.listdir(train_dir)) == [
         "deeplab-00000008.ckpt",
         "final.ckpt",
+        "progress.jsonl",
         "result.json",
     ]  # keep max 1
 
@@ -172,13 +173,30 @@ def test_restart_continues_and_sigterm_saves_and_exits_143(dataset, train_dir):
             proc.wait()
     stderr = err_file.read_text()
     assert first["event"] == "progress" and first["step"] == 9, first  # continued, not restarted
+    assert "epoch 3/10 step 9/30 loss" in stderr  # the human line, also when stderr is not a terminal
     assert proc.returncode == recipe.EXIT_INTERRUPTED, stderr[-3000:]
-    last = json_lines(stdout)[-1]
+    # the newest step reported: the first line's, or a later one's if a step finished before the signal
+    last_step = [first, *json_lines(stdout)][-1]["step"]
     from job import checkpoints
 
     newest_step, newest = checkpoints.step_checkpoints(train_dir)[0]
-    assert newest_step == last["step"] >= 9  # the step finished when the signal came, saved
+    assert newest_step == last_step >= 9  # the step finished when the signal came, saved
     assert int(checkpoints.read(newest)["global_step"].asnumpy()[0]) == newest_step
+
+
+def test_progress_jsonl_keeps_every_run_of_the_train_dir(train_dir):
+    """The first test's run (steps 1-8, result) and the interrupted restart's (from 8) in one file."""
+    lines = [json.loads(line) for line in (train_dir / "progress.jsonl").read_text().splitlines()]
+    runs = list(dict.fromkeys(line["run"] for line in lines))
+    assert len(runs) == 2 and all(line["attempt"] and line["time"] > 1.7e9 for line in lines)
+    first, second = ([line for line in lines if line["run"] == run] for run in runs)
+    assert [(line["event"], line["step"]) for line in first] == [
+        ("start", 0), *(("progress", step) for step in range(1, 9)), ("result", 8)
+    ]  # fmt: skip
+    assert 0.0 <= first[-1]["miou"] <= 1.0
+    assert second[0]["event"] == "start" and second[0]["step"] == 8  # appended, not truncated
+    steps = [line["step"] for line in second[1:] if line["event"] == "progress"]
+    assert steps and steps == list(range(9, 9 + len(steps))) and len(steps) == len(second) - 1  # no result
 
 
 def test_checkpoint_for_other_class_count_is_exit_2_and_kept(dataset, train_dir, tmp_path, capsys):
