@@ -80,13 +80,47 @@ def prune(train_dir: str | Path, keep: int) -> list[Path]:
     return removed
 
 
+def available_memory() -> int | None:
+    """MemAvailable in bytes: free memory plus the page cache the kernel can reclaim.
+
+    MindSpore 2.10's load_checkpoint refuses a .ckpt larger than sysconf(SC_AVPHYS_PAGES), which is
+    MemFree: on a machine whose page cache is large (etcd, datasets, earlier checkpoints) a valid
+    230 MB checkpoint then "exceeds current available memory" with gigabytes available, and a resume
+    would skip it as unreadable and start again from step 0 (seen here under load)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _measure_memory_as_the_kernel_does() -> None:
+    from mindspore.train import serialization
+
+    if hasattr(serialization, "_get_available_memory"):
+        serialization._get_available_memory = available_memory
+
+
+_measure_memory_as_the_kernel_does()
+
+
 def read(path: str | Path) -> dict[str, Any]:
-    """Every entry of a checkpoint (Parameters and meta values); BadInput if unreadable."""
+    """Every entry of a checkpoint (Parameters and meta values); BadInput if unreadable.
+
+    Too little memory to parse it is a runtime failure (worth a retry), never "unreadable": a resume
+    must not skip a good checkpoint."""
     if not Path(path).is_file():
         raise BadInput(f"{path}: checkpoint not found")
     try:
         return ms.load_checkpoint(str(path))
+    except MemoryError:
+        raise
     except (ValueError, RuntimeError, OSError) as exc:
+        if "exceeds current available memory" in str(exc) or "not enough memory" in str(exc):
+            raise RuntimeError(f"{path}: {str(exc).splitlines()[0]}") from exc
         hint = "; convert PyTorch weights with `python -m job convert-torch`" if _is_torch_file(path) else ""
         raise BadInput(
             f"{path}: not a readable MindSpore checkpoint ({str(exc).splitlines()[0]}){hint}"

@@ -176,3 +176,20 @@ def test_truncated_or_missing_file_is_bad_input(tmp_path: Path):
         checkpoints.read(truncated)
     with pytest.raises(BadInput, match="not found"):
         checkpoints.read(tmp_path / "absent.ckpt")
+
+
+def test_a_large_page_cache_does_not_make_a_good_checkpoint_unreadable(tmp_path, monkeypatch):
+    """MindSpore compares a .ckpt's size with MemFree; the job makes it use MemAvailable, and a real
+    shortage is a retryable runtime failure, never "unreadable" (which a resume would skip)."""
+    from mindspore.train import serialization
+
+    lines = Path("/proc/meminfo").read_text().splitlines()
+    meminfo = {key: int(value.split()[0]) * 1024 for key, value in (line.split(":") for line in lines)}
+    assert serialization._get_available_memory() == checkpoints.available_memory()
+    assert abs(checkpoints.available_memory() - meminfo["MemAvailable"]) < 256 * 2**20
+    path = tmp_path / "w.ckpt"
+    ms.save_checkpoint([{"name": "w", "data": ms.Tensor(np.ones((64, 64), np.float32))}], str(path))
+    assert checkpoints.read(path)["w"].shape == (64, 64)
+    monkeypatch.setattr(serialization, "_get_available_memory", lambda: 16)  # a real shortage
+    with pytest.raises(RuntimeError, match="exceeds current available memory"):
+        checkpoints.read(path)

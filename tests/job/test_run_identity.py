@@ -133,6 +133,6 @@ def test_a_checkpoint_from_before_identities_resumes_with_one_warning(trained, t
     warnings = [line for line in err if "written by an older job" in line]
     assert len(warnings) == 1 and warnings[0].startswith("deeplab-job: warning: ")
     assert "train_epochs" in warnings[0] and "data_file" in warnings[0]
-    assert any(line.startswith("deeplab-job: resuming from") and "at step 2" in line for line in err)
+    assert any(line.startswith("deeplab-job: resuming from") and "at step 2" in line for line in err), err
     code, err = train(trained["data_file"], tmp_path / "legacy", "--num_classes", "4", capsys=capsys)
     assert code == recipe.EXIT_BAD_INPUT and "num_classes: 3 != 4" in err[-1]
