@@ -25,7 +25,7 @@ EXPECTED_CLUSTER_WIDE = {
     ("deeplabtrainings.deeplab.io", "get"), ("deeplabtrainings.deeplab.io", "list"),
     ("deeplabtrainings.deeplab.io", "watch"), ("deeplabtrainings.deeplab.io", "delete"),
     ("deeplabtrainings.deeplab.io/status", "update"),
-    ("pods", "list"), ("pods", "watch"), ("pods", "create"), ("pods", "delete"),
+    ("pods", "get"), ("pods", "list"), ("pods", "watch"), ("pods", "create"), ("pods", "delete"),
     ("pods/log", "get"),
     ("services", "get"), ("services", "list"), ("services", "watch"), ("services", "create"),
     ("configmaps", "get"), ("configmaps", "create"), ("configmaps", "update"),

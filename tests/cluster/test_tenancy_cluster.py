@@ -95,3 +95,29 @@ def test_the_default_policy_refuses_host_path_and_secret_env(controller, kubelet
         status = kubelet.status(name)
         assert status["reason"] == "PolicyViolation" and status["message"].startswith(field), status
         assert kubelet.pods(name) == []
+
+
+def test_a_pod_name_taken_between_read_and_create_stops_the_training(controller, kubelet, kubectl, admin):
+    """The create's 409 path: someone else's pod already holds a worker's name (it can only be
+    guessed once the training exists). The operator stops, frees its own pods, leaves that one alone."""
+    ns = kubelet.ns
+    apply(kubectl, training_manifest("taken", ns, workers=2, suspend=True))
+    wait_for("Suspended", lambda: kubelet.status("taken").get("phase") == "Suspended")
+    name = kubelet.pod_name("taken", "s16", 2, 1)  # resuming starts attempt 2
+    squatter = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": "squatter"}},
+        "spec": {"containers": [{"name": "c", "image": "squatter:1"}]},
+    }
+    apply(kubectl, squatter)
+    before = kubectl("get", "pod", name, "-n", ns, "-o", "json")
+    patched = kubectl("patch", "dlt", "taken", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    assert patched.returncode == 0, patched.stderr
+    wait_for("Failed", lambda: kubelet.status("taken").get("phase") == "Failed")
+    status = kubelet.status("taken")
+    assert status["reason"] == "NameConflict" and f"Pod {name} already exists" in status["message"]
+    assert [e["reason"] for e in events(admin, ns, "taken") if e["type"] == "Warning"] == ["NameConflict"]
+    wait_for("its own pods freed", lambda: kubelet.pods("taken") == [])
+    after = kubectl("get", "pod", name, "-n", ns, "-o", "json")
+    assert json.loads(after.stdout)["metadata"] == json.loads(before.stdout)["metadata"], "left alone"
