@@ -154,7 +154,7 @@ def build_figures(workers: int, kib: int) -> dict[str, Any]:
         pods = {}
         for rank in range(workers):
             name = names.worker_name(t.name, t.uid, stage, 1, rank)
-            pod = resources._pod(t, 0, 1, name, names.ROLE_WORKER, rank)
+            pod = resources._pod(t, 0, 1, name, names.ROLE_WORKER, rank, resources.PodContext())
             if deep and extra:
                 container = pod["spec"]["containers"][0]
                 container["env"] = container["env"][: -len(extra)] + copy.deepcopy(extra)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic.alias_generators import to_camel
@@ -148,6 +148,52 @@ class LRType(str, Enum):
 
 class Gang(str, Enum):
     VOLCANO = "volcano"
+
+
+class RankTableVersion(str, Enum):
+    V1_0 = "1.0"  # Atlas 800 (Ascend 910)
+    V1_2 = "1.2"  # Atlas A3 super pods: adds super_pod_list and super_device_id
+
+
+class FailureAction(str, Enum):
+    FAIL_TRAINING = "FailTraining"
+    RESTART_ATTEMPT = "RestartAttempt"
+    IGNORE = "Ignore"
+
+
+class ExitCodeOperator(str, Enum):
+    IN = "In"
+    NOT_IN = "NotIn"
+
+
+class OnExitCodes(Model):
+    operator: ExitCodeOperator = ExitCodeOperator.IN
+    """In: the rule matches these exit codes; NotIn: every other non-zero exit code."""
+    values: list[Annotated[int, Field(ge=1, le=255)]] = Field(min_length=1, max_length=255)
+    """Non-zero container exit codes (1-255)."""
+
+
+class FailureRule(Model):
+    action: FailureAction
+    """FailTraining: fail at once. RestartAttempt: a new attempt, counted against backoffLimit.
+    Ignore: a new attempt, counted as a disruption (maxDisruptions), not against backoffLimit."""
+    on_exit_codes: OnExitCodes
+    """The exit code of the worker whose failure ended the attempt (the first to fail)."""
+
+
+class FailurePolicy(Model):
+    """How failed attempts count (like a Job's podFailurePolicy and JobSet's failurePolicy)."""
+
+    rules: list[FailureRule] = Field(default=[], max_length=20)
+    """Checked in order, the first match decides; then the built-in rule: exit 2 (a configuration or
+    data error) fails the training, any other failure restarts the attempt against backoffLimit."""
+    max_disruptions: int = Field(default=10, ge=0, le=1000)
+    """Attempts per stage ended by disruptions (eviction, preemption, node loss: the pod's
+    DisruptionTarget condition, a pod deleted by someone else, or an Ignore rule) before the training
+    fails with DisruptionLimitExceeded. Disruptions do not use up backoffLimit."""
+    avoid_faulty_node_seconds: int = Field(default=3600, ge=0, le=2**31 - 1)
+    """After a worker fails with an NPU or HCCL error, or on a node whose device plugin reports an
+    unhealthy NPU, the next attempts keep off that node for this long (node affinity); 0 disables."""
 
 
 class PVCSource(Model):
@@ -455,6 +501,11 @@ _SPEC_RULES = _cel(
         ".workers",
     ),
     (
+        "self.workers % self.npusPerPod == 0 && self.npusPerPod <= self.npusPerServer",
+        "workers must be a multiple of npusPerPod, and npusPerPod at most npusPerServer",
+        ".npusPerPod",
+    ),
+    (
         "!has(self.gang) || !has(self.schedulerName) || self.schedulerName == 'volcano'",
         "gang: volcano needs schedulerName volcano (or leave schedulerName unset)",
         ".schedulerName",
@@ -464,8 +515,9 @@ _SPEC_RULES = _cel(
 _IMMUTABLE = _cel(
     (
         "self.workers == oldSelf.workers && self.launcher == oldSelf.launcher && "
-        "self.stages == oldSelf.stages && self.volumes == oldSelf.volumes",
-        "workers, launcher, stages and volumes are immutable; create a new training instead",
+        "self.stages == oldSelf.stages && self.volumes == oldSelf.volumes && "
+        "self.npusPerPod == oldSelf.npusPerPod",
+        "workers, npusPerPod, launcher, stages and volumes are immutable; create a new training instead",
     )
 )
 
@@ -483,7 +535,10 @@ class DeepLabTrainingSpec(Model):
     image_pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
     """When the kubelet pulls the worker image: Always, IfNotPresent or Never."""
     workers: int = Field(ge=1, le=MAX_WORKERS)
-    """Worker pods, one NPU each (the data-parallel world size)."""
+    """Ranks (one NPU or CPU training process each): the data-parallel world size."""
+    npus_per_pod: Literal[1, 2, 4, 8] = 1
+    """Ranks per worker pod: 1 (one pod per NPU) or 2/4/8 (one pod per server holding its NPUs, MindX's
+    Atlas 800 layout); the pod's launcher starts one training process per NPU."""
     npus_per_server: int = Field(default=8, ge=1, le=64)
     """NPUs per server: the rank table groups ranks per server."""
     npu_resource: str = Field(
@@ -514,6 +569,15 @@ class DeepLabTrainingSpec(Model):
     """Fail the training when it has been active (not suspended) for this long."""
     suspend: bool = False
     """Delete the running pods and keep the progress; unsuspending starts a new attempt that resumes."""
+    progress_timeout_seconds: int = Field(default=1800, ge=0, le=604800)
+    """While every worker runs, fail the attempt with reason Hung (and start a new one) when rank 0
+    printed no new progress line for this long, e.g. HCCL blocked after a peer NPU died; 0 disables.
+    Needs rank 0's log to be readable (pods/log)."""
+    failure_policy: FailurePolicy = FailurePolicy()
+    """Exit-code rules, the disruption cap and how long a faulty node is avoided."""
+    rank_table_version: RankTableVersion = RankTableVersion.V1_0
+    """rankTable launcher: 1.0 (Atlas 800) or 1.2 (Atlas A3 super pods, super-pod fields from the device
+    plugin's annotation)."""
     pending_timeout_seconds: int = Field(default=600, ge=0, le=604800)
     """How long an attempt's pods may wait to run (unschedulable, image pull, missing volume) before the
     training fails with reason PendingTimeout, freeing the NPUs its placed pods hold; 0 waits forever.
@@ -567,6 +631,8 @@ class StageStatus(Model):
     """Attempts started (a suspension and a failure each start a new one)."""
     failures: int = 0
     """Failed attempts, compared with backoffLimit."""
+    disruptions: int = 0
+    """Attempts ended by disruptions, compared with failurePolicy.maxDisruptions."""
     start_time: str | None = None
     """When the stage's first attempt started (RFC 3339)."""
     completion_time: str | None = None
@@ -604,6 +670,15 @@ class Progress(Model):
     """When the controller read the line (RFC 3339)."""
 
 
+class AvoidedNode(Model):
+    name: str
+    """The node's name."""
+    until: str = Field(json_schema_extra={"format": "date-time"})
+    """New pods avoid the node until then (RFC 3339)."""
+    reason: str = Field(default="", max_length=1024)
+    """The fault seen there."""
+
+
 class DeepLabTrainingStatus(Model):
     phase: Phase | None = None
     """Pending, Initializing, Running, Succeeded, Failed or Suspended."""
@@ -635,6 +710,8 @@ class DeepLabTrainingStatus(Model):
     """Human-readable details of reason."""
     conditions: list[Condition] | None = None
     """Current conditions (metav1.Condition), one per type."""
+    avoided_nodes: list[AvoidedNode] | None = None
+    """Nodes new attempts keep off after an NPU/HCCL fault there (failurePolicy.avoidFaultyNodeSeconds)."""
     observed_generation: int | None = None
     """The spec generation the status was computed from."""
 

@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from controller import api, informer, names, progress, ranktable, resources
+from controller import api, faults, informer, names, progress, ranktable, resources
 from controller.plan import Action, Create, Delete, DeleteTraining, Event, Observed, ReplaceConfigMap
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,13 @@ class Kube:
         configmap = self._get(
             lambda: self.core.read_namespaced_config_map(cm_name, t.namespace, _preload_content=False)
         )
-        service = self._get(
-            lambda: self.core.read_namespaced_service(
-                names.service_name(t.name), t.namespace, _preload_content=False
+        service = None
+        if t.spec.launcher == api.Launcher.DYNAMIC_CLUSTER:
+            service = self._get(
+                lambda: self.core.read_namespaced_service(
+                    names.service_name(t.name), t.namespace, _preload_content=False
+                )
             )
-        )
         podgroup = None
         if t.spec.gang is not None:
             podgroup = self._get(
@@ -141,7 +143,44 @@ class Kube:
         if with_logs is not None:
             pod = with_logs(configmap)
             logs = self.read_log(t.namespace, pod) if pod else None
-        return Observed(pods=owned, configmap=configmap, service=service, podgroup=podgroup, logs=logs)
+        # the nodes of failed workers, for fault-aware retry; a finished training retries nothing
+        failed_on = set()
+        if t.status.phase not in api.FINISHED:
+            failed_on = {(p.get("spec") or {}).get("nodeName") for p in owned if _failed(p)}
+        nodes = {name: node for name in sorted(n for n in failed_on if n) if (node := self.read_node(name))}
+        return Observed(
+            pods=owned, configmap=configmap, service=service, podgroup=podgroup, logs=logs, nodes=nodes
+        )
+
+    def read_node(self, name: str) -> dict[str, Any] | None:
+        """A node a worker failed on, reduced to its annotations (the device plugin's health report);
+        None when it is gone or not readable (a namespaced install has no access to nodes)."""
+        try:
+            node = _json(self.core.read_node(name, _preload_content=False, _request_timeout=10))
+        except ApiException as error:
+            if error.status in (403, 404):
+                return None
+            raise
+        annotations = dict((node.get("metadata") or {}).get("annotations") or {})
+        annotations.update(self._device_info(name))
+        return {"metadata": {"name": name, "annotations": annotations}}
+
+    def _device_info(self, node: str) -> dict[str, str]:
+        """The device plugin's current health report, ConfigMap kube-system/mindx-dl-deviceinfo-<node>,
+        key DeviceInfoCfg, DeviceInfo.DeviceList (ascend-device-plugin pkg/kubeclient); older plugins
+        wrote the same keys as node annotations. {} when absent or not readable."""
+        try:
+            name = faults.DEVICE_INFO_PREFIX + node
+            cm = self._get(
+                lambda: self.core.read_namespaced_config_map(
+                    name, "kube-system", _preload_content=False, _request_timeout=10
+                )
+            )
+        except ApiException as error:
+            if error.status == 403:
+                return {}
+            raise
+        return faults.device_list((cm or {}).get("data") or {})
 
     def owned_pods(self, t: api.Training) -> list[dict[str, Any]]:
         """The training's pods, read a page at a time and reduced to what the plan reads (``slim``):
@@ -184,6 +223,8 @@ class Kube:
     def apply(self, t: api.Training, action: Action) -> None:
         if isinstance(action, Create):
             self.create(action.manifest)
+        elif isinstance(action, Delete) and action.kind == "Service":
+            self.delete_service(t.namespace, action.name, action.uid)
         elif isinstance(action, Delete):
             self.delete_pod(t.namespace, action.name, action.uid)
         elif isinstance(action, ReplaceConfigMap):
@@ -240,6 +281,17 @@ class Kube:
         self.on_write("delete", "pods")
         try:
             self.core.delete_namespaced_pod(name, namespace, body=options, _preload_content=False)
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
+
+    def delete_service(self, namespace: str, name: str, uid: str) -> None:
+        """An outdated Service of ours (the headless one of earlier versions), by uid precondition."""
+        self.on_write("delete", "services")
+        try:
+            self.core.delete_namespaced_service(
+                name, namespace, body={"preconditions": {"uid": uid}}, _preload_content=False
+            )
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
@@ -303,6 +355,10 @@ class Kube:
             log.warning("event %s on %s/%s not recorded: %s", event.reason, t.namespace, t.name, error.reason)
 
 
+def _failed(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") == "Failed"
+
+
 def slim(pod: dict[str, Any]) -> dict[str, Any]:
     """The parts of a pod the plan reads (``plan.PodInfo``): identity, our labels, the device
     plugin's annotations, owner and status. Never the spec (the user's template lives there)."""
@@ -314,7 +370,12 @@ def slim(pod: dict[str, Any]) -> dict[str, Any]:
     }
     if annotations:
         slimmed["annotations"] = annotations
-    return {"metadata": slimmed, "status": pod.get("status") or {}}
+    node = (pod.get("spec") or {}).get("nodeName")
+    return {
+        "metadata": slimmed,
+        "spec": {"nodeName": node} if node else {},
+        "status": pod.get("status") or {},
+    }
 
 
 def owner_key(obj: dict[str, Any]) -> tuple[str, str] | None:

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from controller import names, policy, progress, ranktable, resources
+from controller import faults, names, policy, progress, ranktable, resources
 from controller.api import (
     FINISHED,
+    AvoidedNode,
     Condition,
     DeepLabTrainingStatus,
+    FailureAction,
     Launcher,
     Phase,
     Progress,
@@ -32,7 +34,7 @@ from controller.api import (
 
 # The job's configuration/data error (job.recipe.EXIT_BAD_INPUT; the controller image does not import
 # the job, tests/unit/test_resources.py keeps the two equal): retrying cannot help.
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = faults.EXIT_BAD_INPUT
 COND_RUNNING = "Running"
 COND_SUSPENDED = "Suspended"
 COND_SUCCEEDED = "Succeeded"
@@ -40,6 +42,11 @@ COND_FAILED = "Failed"
 COND_PODS_PENDING = "PodsPending"
 REASON_NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object this training does not own
 REASON_POLICY = "PolicyViolation"  # the spec asks for more than the admin allows (controller/policy.py)
+REASON_WAITING_DEVICES = "WaitingForDeviceAllocation"  # a worker runs without the device plugin's annotation
+REASON_HUNG = "Hung"  # no progress line from rank 0 for progressTimeoutSeconds while every worker runs
+SERVICE_WAIT_SECONDS = (
+    2.0  # re-check for the Service's ClusterIP (the Service informer usually wakes us first)
+)
 # Container waiting reasons that will not clear by themselves (kubelet's names): reported at once.
 WAITING_PROBLEMS = frozenset(
     {
@@ -69,13 +76,15 @@ class PodInfo:
     pod_ip: str | None
     host_ip: str | None
     deleting: bool
-    annotation: str | None
+    annotation: str | None  # the device plugin's allocation (either key MindX reads)
     exit_code: int | None
     finished_at: str
     reason: str
     message: str
     pending_reason: str = ""  # why a Pending pod does not run: Unschedulable, ImagePullBackOff, ...
     pending_message: str = ""
+    node: str = ""  # spec.nodeName
+    disruption: str = ""  # eviction, preemption, node loss or a foreign delete (controller/faults.py)
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> PodInfo:
@@ -83,10 +92,12 @@ class PodInfo:
         labels = meta.get("labels") or {}
         terminated: dict[str, Any] = {}
         for container in status.get("containerStatuses") or []:
-            if container.get("name") == resources.CONTAINER:
+            if container.get("name") in (resources.CONTAINER, resources.LEGACY_CONTAINER):
                 terminated = (container.get("state") or {}).get("terminated") or {}
         rank = labels.get(names.LABEL_RANK)
         pending = _pending_problem(status)
+        deleting = bool(meta.get("deletionTimestamp"))
+        exit_code = terminated.get("exitCode")
         return cls(
             name=meta["name"],
             uid=meta.get("uid", ""),
@@ -97,9 +108,9 @@ class PodInfo:
             phase=status.get("phase", "Pending"),
             pod_ip=status.get("podIP"),
             host_ip=status.get("hostIP"),
-            deleting=bool(meta.get("deletionTimestamp")),
-            annotation=(meta.get("annotations") or {}).get(ranktable.DEVICE_ANNOTATION),
-            exit_code=terminated.get("exitCode"),
+            deleting=deleting,
+            annotation=ranktable.allocation_annotation(meta.get("annotations") or {}),
+            exit_code=exit_code,
             finished_at=terminated.get("finishedAt") or "",
             # Text a pod's status carries ends up in our status and events: bounded and cleaned here,
             # except the termination message, which is still to be parsed (progress cleans its uses).
@@ -107,6 +118,10 @@ class PodInfo:
             message=progress.tail(terminated.get("message") or status.get("message")),
             pending_reason=progress.clean_text(pending.get("pending_reason"), progress.REASON_MAX),
             pending_message=progress.clean_text(pending.get("pending_message"), progress.DETAIL_MAX),
+            node=str((obj.get("spec") or {}).get("nodeName") or ""),
+            disruption=progress.clean_text(
+                faults.disruption(status, deleting, exit_code), progress.REASON_MAX
+            ),
         )
 
     @property
@@ -123,6 +138,7 @@ class Observed:
     service: dict[str, Any] | None = None
     podgroup: dict[str, Any] | None = None
     logs: list[str] | None = None  # rank 0's log tail, None when not read this time
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # nodes of failed pods, by name
 
 
 def _pending_problem(status: dict[str, Any]) -> dict[str, str]:
@@ -141,6 +157,15 @@ def _pending_problem(status: dict[str, Any]) -> dict[str, str]:
         if waiting.get("reason") in WAITING_PROBLEMS:
             return {"pending_reason": waiting["reason"], "pending_message": waiting.get("message") or ""}
     return {}
+
+
+@dataclass(frozen=True)
+class Ending:
+    """An attempt's end that no single failed pod explains: a pod gone without a trace, a hang."""
+
+    why: str
+    reason: str = "AttemptFailed"  # the event's reason
+    disruption: str = ""  # non-empty: not the training's fault (controller/faults.py)
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -229,7 +254,8 @@ def rank0_pod(t: Training, configmap: dict[str, Any] | None) -> str | None:
 class _Planner:
     def __init__(self, t: Training, obs: Observed, now: datetime, rules: policy.Policy):
         self.t, self.obs, self.now, self.ts, self.rules = t, obs, now, timestamp(now), rules
-        self._desired: tuple[tuple[int, int], dict[str, dict[str, Any]]] | None = None
+        self._desired: tuple[tuple[Any, ...], dict[str, dict[str, Any]]] | None = None
+        self.device_wait = ""  # why the rank table waits for the device plugin, if it does
         self.st: DeepLabTrainingStatus = t.status.model_copy(deep=True)
         self.actions: list[Action] = []
         self.events: list[Event] = []
@@ -257,11 +283,29 @@ class _Planner:
             self.deleted.add(pod.name)
             self.actions.append(Delete("Pod", pod.name, pod.uid))
 
+    @property
+    def dynamic(self) -> bool:
+        return self.t.spec.launcher == Launcher.DYNAMIC_CLUSTER
+
+    def pod_context(self) -> resources.PodContext | None:
+        """Run-time facts the pods carry; None while a dynamicCluster Service has no ClusterIP yet."""
+        sched_ip = resources.cluster_ip(self.obs.service) if self.dynamic else None
+        if self.dynamic and sched_ip is None:
+            return None
+        avoid = tuple(
+            n.name for n in self.st.avoided_nodes or [] if (parse_time(n.until) or self.now) > self.now
+        )
+        return resources.PodContext(sched_ip=sched_ip, avoid_nodes=avoid)
+
     def desired(self) -> dict[str, dict[str, Any]]:
-        """The current attempt's pods, built once per reconcile (a 4,096-worker attempt is expensive)."""
-        key = (self.st.stage_index, self.st.attempt)
+        """The current attempt's pods, built once per reconcile (a 4,096-worker attempt is expensive);
+        empty while they cannot be built yet (no scheduler address)."""
+        ctx = self.pod_context()
+        if ctx is None:
+            return {}
+        key = (self.st.stage_index, self.st.attempt, ctx)
         if self._desired is None or self._desired[0] != key:
-            self._desired = (key, resources.desired_pods(self.t, *key))
+            self._desired = (key, resources.desired_pods(self.t, self.st.stage_index, self.st.attempt, ctx))
         return self._desired[1]
 
     def current_pods(self) -> list[PodInfo]:
@@ -349,8 +393,9 @@ class _Planner:
     def name_taken(self) -> bool:
         """A child's name held by an object this training did not create (another operator's rank
         table, a user's Service): never adopt, overwrite or delete it; stop and say which."""
-        children = (("ConfigMap", self.obs.configmap), ("Service", self.obs.service))
-        children += (("PodGroup", self.obs.podgroup),)
+        children = (("ConfigMap", self.obs.configmap), ("PodGroup", self.obs.podgroup))
+        if self.dynamic:  # only dynamicCluster trainings have a Service
+            children += (("Service", self.obs.service),)
         for kind, obj in children:
             if obj is not None and not resources.owned_by(obj, self.t.uid):
                 self.conflict(kind, obj["metadata"]["name"], resources.describe_owner(obj))
@@ -437,10 +482,12 @@ class _Planner:
         launched = self.launched(pods)
         workers = [p for p in pods if p.role == names.ROLE_WORKER]
         # success first: once every worker succeeded, a scheduler pod's exit status is irrelevant
-        if len(workers) == self.t.spec.workers and all(p.phase == "Succeeded" for p in workers):
+        if len(workers) == resources.worker_pods(self.t) and all(p.phase == "Succeeded" for p in workers):
             self.stage_succeeded(workers, pods)
             return
-        failure = self.failure(pods, desired, launched)
+        failure = self.failure(pods, launched)
+        if failure is None:
+            failure = self.hang(pods)
         if failure is not None:
             self.attempt_failed(failure, pods)
             return
@@ -459,40 +506,139 @@ class _Planner:
         cm = self.obs.configmap
         return ranktable.read_configmap(cm.get("data") if cm else None)
 
-    def failure(self, pods: list[PodInfo], desired: dict, launched: bool) -> PodInfo | str | None:
+    def failure(self, pods: list[PodInfo], launched: bool) -> PodInfo | Ending | None:
         failed = [p for p in pods if p.phase == "Failed" or (p.deleting and not p.finished)]
         if failed:
-            # the root cause: a permanent error first, then the rank that died first
-            failed.sort(key=lambda p: (p.exit_code != EXIT_BAD_INPUT, p.finished_at or "~", p.rank or 0))
+            # the root cause: a permanent error first, then a disruption (its SIGTERM stops the other
+            # ranks too), then the rank that died first
+            failed.sort(
+                key=lambda p: (
+                    p.exit_code != EXIT_BAD_INPUT,
+                    not p.disruption,
+                    p.finished_at or "~",
+                    p.rank or 0,
+                )
+            )
             return failed[0]
         if launched:
             present = {p.name for p in pods}
-            missing = [name for name in desired if name not in present]
+            index, attempt = self.st.stage_index, self.st.attempt
+            missing = [name for name in resources.pod_names(self.t, index, attempt) if name not in present]
             if missing:
-                return f"pod {missing[0]} disappeared after the attempt started (deleted or evicted)"
+                why = f"pod {missing[0]} disappeared after the attempt started (deleted or evicted)"
+                return Ending(why, disruption="Disappeared")
         return None
 
-    def attempt_failed(self, failure: PodInfo | str, pods: list[PodInfo]) -> None:
-        why = failure if isinstance(failure, str) else describe_failure(failure)
+    def hang(self, pods: list[PodInfo]) -> Ending | None:
+        """progressTimeoutSeconds: every worker runs, rank 0's log is readable, and it printed no new
+        progress line for that long (HCCL blocked after a peer died, a hung data loader). Judged only
+        from a log read now, so a controller that cannot read logs never calls a training hung."""
+        limit = self.t.spec.progress_timeout_seconds
+        if not limit or self.obs.logs is None or self.attempt_phase(pods) != Phase.RUNNING:
+            return None
+        running = next((c for c in self.st.conditions or [] if c.type == COND_RUNNING), None)
+        if running is None or running.status != "True":
+            return None
+        marks = [parse_time(running.last_transition_time)]
+        last = self.st.progress
+        if last is not None:
+            marks.append(parse_time(last.update_time))
+        since = max(m for m in marks if m is not None)
+        latest = progress.last_progress(self.obs.logs)
+        if latest is not None and (
+            last is None or last.model_copy(update={"update_time": None}) != Progress(**latest)
+        ):
+            return None  # a new line: update_progress records it
+        remaining = (since + timedelta(seconds=limit) - self.now).total_seconds()
+        if remaining > 0:
+            self.requeue.append(remaining)
+            return None
+        seen = "no progress line yet"
+        if last is not None:
+            seen = f"last progress: step {last.step}/{last.steps}, loss {last.loss}, at {last.update_time}"
+        why = (
+            f"rank 0 printed no progress for {limit}s (progressTimeoutSeconds) while every worker ran; {seen}"
+        )
+        return Ending(why, reason=REASON_HUNG)
+
+    def attempt_failed(self, failure: PodInfo | Ending, pods: list[PodInfo]) -> None:
+        """Classify the end (controller/faults.py), count it under its cap, then start a new attempt."""
+        action, rule = FailureAction.RESTART_ATTEMPT, ""
+        if isinstance(failure, PodInfo):
+            ending = Ending(describe_failure(failure), disruption=failure.disruption)
+            if not failure.disruption:
+                action, rule = faults.action_for(self.t.spec.failure_policy, failure.exit_code)
+        else:
+            ending = failure
         record = self.record
-        record.failures += 1
-        record.message = why
-        limit = self.t.spec.backoff_limit
-        if isinstance(failure, PodInfo) and failure.exit_code == EXIT_BAD_INPUT:
-            self.fail("ConfigurationError", f"{why} (a configuration or data error: not retried)")
+        record.message = ending.why
+        if ending.disruption or action == FailureAction.IGNORE:
+            disrupted = self.disrupted(ending)
+            if disrupted is None:
+                return
+            ending = disrupted
+        elif action == FailureAction.FAIL_TRAINING:
+            record.failures += 1
+            detail = "a configuration or data error" if rule == "ConfigurationError" else "failurePolicy rule"
+            self.fail(rule, f"{ending.why} ({detail}: not retried)")
             return
-        if record.failures > limit:
-            message = f"{record.failures} failed attempt(s) (backoffLimit {limit}); {why}"
-            self.fail("BackoffLimitExceeded", message)
-            return
+        else:
+            record.failures += 1
+            limit = self.t.spec.backoff_limit
+            if record.failures > limit:
+                message = f"{record.failures} failed attempt(s) (backoffLimit {limit}); {ending.why}"
+                self.fail("BackoffLimitExceeded", message)
+                return
+            if isinstance(failure, PodInfo):
+                self.avoid_faulty_node(failure)
         for pod in pods:
             self.delete(pod)
         text = self.stage_text()
-        self.event("AttemptFailed", f"stage {text}, attempt {self.st.attempt}: {why}", warning=True)
+        self.event(ending.reason, f"stage {text}, attempt {self.st.attempt}: {ending.why}", warning=True)
         self.start_attempt(self.st.stage_index, self.st.attempt + 1)
         self.st.progress, self.st.epoch = None, None
         self.event("Restarting", f"stage {text}: attempt {self.st.attempt} resumes from the last checkpoint")
         self.converge([], self.desired(), False)
+
+    def disrupted(self, ending: Ending) -> Ending | None:
+        """Count a disruption under failurePolicy.maxDisruptions, not backoffLimit: the ending to
+        report, or None when the cap is exceeded and the training failed."""
+        record = self.record
+        record.disruptions += 1
+        cap = self.t.spec.failure_policy.max_disruptions
+        if record.disruptions > cap:
+            count = f"{record.disruptions} disrupted attempt(s) (failurePolicy.maxDisruptions {cap})"
+            message = f"{count}; {ending.why}"
+            self.fail("DisruptionLimitExceeded", message)
+            return None
+        kind = ending.disruption or "failurePolicy rule Ignore"
+        return Ending(f"{ending.why} (disruption: {kind}; backoffLimit not used)", "Disrupted", kind)
+
+    def avoid_faulty_node(self, pod: PodInfo) -> None:
+        """An NPU/HCCL error, or a node whose device plugin reports an unhealthy NPU: the next attempts
+        keep off that node for failurePolicy.avoidFaultyNodeSeconds (node affinity, see resources)."""
+        seconds = self.t.spec.failure_policy.avoid_faulty_node_seconds
+        if not seconds or not pod.node:
+            return
+        fault = faults.device_fault(pod.message)
+        unhealthy = faults.unhealthy_npus(self.obs.nodes.get(pod.node))
+        if not fault and not unhealthy:
+            return
+        cause = f"NPU/HCCL error {fault!r}" if fault else f"device plugin reports {unhealthy}"
+        cause = progress.clean_text(cause, progress.REASON_MAX)
+        until = timestamp(self.now + timedelta(seconds=seconds))
+        kept = [
+            n
+            for n in self.st.avoided_nodes or []
+            if n.name != pod.node and (parse_time(n.until) or self.now) > self.now
+        ]
+        self.st.avoided_nodes = [*kept, AvoidedNode(name=pod.node, until=until, reason=cause)]
+        self.event(
+            "NodeAvoided",
+            f"stage {self.stage_text()}: node {pod.node} is avoided until {until} after pod {pod.name} "
+            f"failed there ({cause})",
+            warning=True,
+        )
 
     def stage_succeeded(self, workers: list[PodInfo], pods: list[PodInfo]) -> None:
         _, _, ranks = self.table()
@@ -532,8 +678,8 @@ class _Planner:
     # -- converging one attempt -------------------------------------------------------------------
     def converge(self, pods: list[PodInfo], desired: dict[str, dict], launched: bool) -> None:
         t = self.t
-        if self.obs.service is None:
-            self.actions.append(Create(resources.service(t)))
+        if self.dynamic:
+            self.converge_service()
         if t.spec.gang is not None and self.obs.podgroup is None:
             self.actions.append(Create(resources.podgroup(t)))
         if t.spec.launcher == Launcher.RANK_TABLE:
@@ -544,12 +690,25 @@ class _Planner:
         self.update_phase(pods)
         self.update_progress()
 
+    def converge_service(self) -> None:
+        """The scheduler's ClusterIP Service exists before any pod: its IP is the workers' MS_SCHED_HOST.
+        A headless Service of an earlier version has no IP to give: it is replaced."""
+        svc = self.obs.service
+        if svc is None:
+            self.actions.append(Create(resources.service(self.t)))
+            self.requeue.append(SERVICE_WAIT_SECONDS)
+        elif resources.cluster_ip(svc) is None:
+            meta = svc["metadata"]
+            self.actions.append(Delete("Service", meta["name"], meta.get("uid", "")))
+            self.requeue.append(SERVICE_WAIT_SECONDS)
+
     def converge_table(self, pods: list[PodInfo]) -> None:
         """`initializing` for a new attempt, then the complete table exactly once."""
         attempt, completed, _ = self.table()
         cm = self.obs.configmap
         if attempt != self.st.attempt_id:
-            data = ranktable.configmap_data(self.st.attempt_id, ranktable.INITIALIZING, {})
+            stamp = int(self.now.timestamp())
+            data = ranktable.configmap_data(self.st.attempt_id, ranktable.INITIALIZING, {}, stamp)
             self.write_table(data, cm)
             return
         if completed:
@@ -557,16 +716,27 @@ class _Planner:
         workers = [
             ranktable.Worker(p.name, p.rank or 0, p.pod_ip, p.host_ip, p.annotation)
             for p in pods
-            if p.role == names.ROLE_WORKER
+            if p.role == names.ROLE_WORKER and not p.deleting
         ]
-        if ranktable.ready(workers, self.t.spec.workers):
-            table, ranks = ranktable.build(workers)
-            self.write_table(ranktable.configmap_data(self.st.attempt_id, table, ranks), cm)
-            self.event(
-                "RankTableReady",
-                f"stage {self.stage_text()}, attempt {self.st.attempt}: "
-                f"{len(workers)} rank(s) on {table['server_count']} server(s)",
-            )
+        if not ranktable.ready(workers, resources.worker_pods(self.t)):
+            return
+        layout = ranktable.Layout(
+            npus_per_pod=self.t.spec.npus_per_pod,
+            devices_required=bool(self.t.spec.npu_resource),
+            version=self.t.spec.rank_table_version.value,
+        )
+        found = ranktable.allocations(workers, layout)
+        if isinstance(found, str):
+            self.device_wait = found  # reported through PodsPending (update_pending)
+            return
+        table, ranks = ranktable.build(workers, layout)
+        stamp = int(self.now.timestamp())
+        self.write_table(ranktable.configmap_data(self.st.attempt_id, table, ranks, stamp), cm)
+        self.event(
+            "RankTableReady",
+            f"stage {self.stage_text()}, attempt {self.st.attempt}: "
+            f"{self.t.spec.workers} rank(s) in {table['server_count']} pod(s)",
+        )
 
     def write_table(self, data: dict[str, str], cm: dict[str, Any] | None) -> None:
         manifest = resources.configmap(self.t, data)
@@ -577,7 +747,7 @@ class _Planner:
 
     def attempt_phase(self, pods: list[PodInfo]) -> Phase:
         workers = [p for p in pods if p.role == names.ROLE_WORKER]
-        complete = len(workers) == self.t.spec.workers
+        complete = len(workers) == resources.worker_pods(self.t)
         if complete and all(p.phase in ("Running", "Succeeded") for p in workers) and self.launched(pods):
             return Phase.RUNNING
         if complete and all(p.pod_ip for p in workers):
@@ -591,6 +761,8 @@ class _Planner:
             (p for p in pods if p.pending_reason and not p.deleting),
             key=lambda p: (p.rank is None, p.rank or 0, p.name),
         )
+        if not stuck and self.device_wait:
+            return REASON_WAITING_DEVICES, progress.clean_text(self.device_wait, CAUSE_MAX)
         if not stuck:
             return "Waiting", ""
         pod = stuck[0]
@@ -635,7 +807,9 @@ class _Planner:
         message += f"{text}: {expected - running} of {expected} pod(s) not running"
         old = next((c for c in self.st.conditions or [] if c.type == COND_PODS_PENDING), None)
         reported = old is not None and old.status == "True" and old.reason == reason
-        if cause and not (reported and old.message.startswith(cause)):
+        # a new cause gets an event; waiting for the device plugin is one cause, whichever pod it names
+        same = reason == REASON_WAITING_DEVICES or (reported and old.message.startswith(cause))
+        if cause and not (reported and same):
             self.event(reason, message, warning=True)
         self.set_condition(COND_PODS_PENDING, True, reason, message)
 

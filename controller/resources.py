@@ -7,6 +7,7 @@ compare them without a client library in between.
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 from typing import Any
 
 from controller import names, ranktable
@@ -17,8 +18,15 @@ CHECKPOINTS_MOUNT = "/checkpoints"
 INIT_MOUNT = "/init"
 PRETRAINED_MOUNT = "/pretrained"
 TERMINATION_LOG = "/dev/termination-log"
-CONTAINER = "worker"
+# MindX's ascend-operator and its device/env tooling look only at the container named "ascend"
+# (mind-cluster ascend-operator api/v1 DefaultContainerName); pods of earlier versions named it "worker".
+CONTAINER = "ascend"
+LEGACY_CONTAINER = "worker"
+SCHEDULER_PORT_NAME = "ascendjob-port"  # MindX's DefaultPortName
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+# MindX's ascend-operator numbers a job's pods with this annotation; its rank-table generator reads it
+# (rank_id = rankIndex x devices per pod + index in the pod's device list).
+RANK_INDEX_ANNOTATION = "hccl/rankIndex"
 NON_ROOT_UID = 1000  # the CPU worker image's user (images/worker-cpu.Dockerfile)
 TERMINATION_GRACE_SECONDS = 60  # the job saves a checkpoint on SIGTERM before exiting 143
 
@@ -45,14 +53,23 @@ def base_labels(t: Training) -> dict[str, str]:
 
 
 def pod_labels(t: Training, stage: str, attempt: int, role: str, rank: int | None) -> dict[str, str]:
+    """Ours, plus the ones MindX components select Atlas pods by (mind-cluster docs/en/scheduling/api/
+    k8s.md; ascend-operator labels.go): ``framework``, ``ring-controller.atlas`` on NPU pods, and the
+    ascend-operator's ``job-name``/``replica-type``/``replica-index``."""
     labels = {
         **base_labels(t),
         names.LABEL_STAGE: stage,
         names.LABEL_ATTEMPT: str(attempt),
         names.LABEL_ROLE: role,
+        "framework": "mindspore",
+        "job-name": names.training_label(t.name),
+        "replica-type": role,
     }
     if rank is not None:
         labels[names.LABEL_RANK] = str(rank)
+        labels["replica-index"] = str(rank)
+    if t.spec.npu_resource and role == names.ROLE_WORKER:
+        labels["ring-controller.atlas"] = "ascend-910"
     return labels
 
 
@@ -182,13 +199,38 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def scheduler_host(t: Training, index: int, attempt: int) -> str:
-    # hostname + subdomain + a headless Service of that name give the pod a stable DNS record.
-    pod = names.scheduler_name(t.name, t.uid, t.spec.stages[index].name, attempt)
-    return f"{pod}.{names.service_name(t.name)}.{t.namespace}.svc"
+def _scheduler_env(t: Training, role: str, rank: int | None, sched_ip: str | None) -> list[dict[str, Any]]:
+    """MindSpore's dynamic cluster, with the variables MindX's ascend-operator sets (FACTS 5).
+
+    MS_SCHED_HOST is an IP, as MindSpore documents it: the scheduler pod listens on its own pod IP
+    (downward API) and the workers reach it through the training's Service, by its ClusterIP, so no
+    worker depends on cluster DNS resolving a name in time."""
+    if role == names.ROLE_SCHEDULER:
+        host = _field_env("MS_SCHED_HOST", "status.podIP")
+    else:
+        if not sched_ip:
+            raise ValueError("dynamicCluster worker pods need the scheduler Service's ClusterIP")
+        host = {"name": "MS_SCHED_HOST", "value": sched_ip}
+    env = [
+        {"name": "MS_ROLE", "value": "MS_SCHED" if role == names.ROLE_SCHEDULER else "MS_WORKER"},
+        host,
+        {"name": "MS_SCHED_PORT", "value": str(t.spec.scheduler_port)},
+        {"name": "MS_WORKER_NUM", "value": str(t.spec.workers)},
+        {"name": "MS_SERVER_NUM", "value": "0"},
+    ]
+    if rank is not None:
+        env += [
+            {"name": "MS_NODE_RANK", "value": str(rank)},
+            {"name": "MS_LOCAL_WORKER", "value": str(t.spec.npus_per_pod)},
+        ]
+        if t.spec.npus_per_pod == 1:  # one process: it is the node itself (more are numbered by the launcher)
+            env.append({"name": "MS_NODE_ID", "value": str(rank)})
+    return env
 
 
-def _env(t: Training, index: int, attempt: int, role: str, rank: int | None) -> list[dict[str, Any]]:
+def _env(
+    t: Training, index: int, attempt: int, role: str, rank: int | None, sched_ip: str | None
+) -> list[dict[str, Any]]:
     stage = t.spec.stages[index].name
     env = [
         _field_env("POD_NAME", "metadata.name"),
@@ -201,21 +243,19 @@ def _env(t: Training, index: int, attempt: int, role: str, rank: int | None) -> 
     ]
     if rank is not None:
         env.append({"name": "DEEPLAB_WORKER_INDEX", "value": str(rank)})
+    volcano = t.spec.gang is not None or t.spec.scheduler_name == "volcano"
+    if role == names.ROLE_WORKER and t.spec.npu_resource and volcano:
+        # Volcano's Ascend plugin writes the chips it chose into this annotation before the container
+        # starts; MindX hands them to the Ascend Docker Runtime this way (ascend-operator env.go
+        # setAscendVisibleDevicesEnv). Without Volcano the device plugin sets the variable itself.
+        env.append(_field_env("ASCEND_VISIBLE_DEVICES", f"metadata.annotations['{t.spec.npu_resource}']"))
     if t.spec.launcher == Launcher.RANK_TABLE:
         env += [
             {"name": "DEEPLAB_RANK_TABLE", "value": f"{ranktable.MOUNT_PATH}/{ranktable.TABLE_KEY}"},
             {"name": "DEEPLAB_RANKS", "value": f"{ranktable.MOUNT_PATH}/{ranktable.RANKS_KEY}"},
         ]
     else:
-        env += [
-            {"name": "MS_ROLE", "value": "MS_SCHED" if role == names.ROLE_SCHEDULER else "MS_WORKER"},
-            {"name": "MS_SCHED_HOST", "value": scheduler_host(t, index, attempt)},
-            {"name": "MS_SCHED_PORT", "value": str(t.spec.scheduler_port)},
-            {"name": "MS_WORKER_NUM", "value": str(t.spec.workers)},
-            {"name": "MS_SERVER_NUM", "value": "0"},
-        ]
-        if rank is not None:
-            env.append({"name": "MS_NODE_ID", "value": str(rank)})
+        env += _scheduler_env(t, role, rank, sched_ip)
     template = t.spec.template
     return env + ([var.wire() for var in template.env] if template and template.env else [])
 
@@ -225,9 +265,9 @@ def _resources(t: Training, role: str) -> dict[str, Any]:
     # Quantities are strings on the wire (api.Quantity turns YAML's `cpu: 1` into "1").
     resources = template.resources.wire() if template and template.resources else {}
     if role == names.ROLE_WORKER and t.spec.npu_resource:
-        # Extended resources must have requests == limits; one NPU per worker pod.
+        # Extended resources must have requests == limits; npusPerPod NPUs per worker pod.
         for kind in ("limits", "requests"):
-            resources.setdefault(kind, {})[t.spec.npu_resource] = "1"
+            resources.setdefault(kind, {})[t.spec.npu_resource] = str(t.spec.npus_per_pod)
     return resources
 
 
@@ -253,7 +293,23 @@ def security_context(t: Training, role: str) -> dict[str, Any]:
     return context
 
 
-def _pod(t: Training, index: int, attempt: int, name: str, role: str, rank: int | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PodContext:
+    """What an attempt's pods need besides the spec: facts the controller learned at run time."""
+
+    sched_ip: str | None = None  # dynamicCluster: the scheduler Service's ClusterIP
+    avoid_nodes: tuple[str, ...] = ()  # nodes with a recent NPU/HCCL fault (status.avoidedNodes)
+
+
+def _avoid(nodes: tuple[str, ...]) -> dict[str, Any]:
+    """Required node affinity off the faulty nodes, by name (``matchFields``: no label needed)."""
+    term = {"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": sorted(nodes)}]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+
+
+def _pod(
+    t: Training, index: int, attempt: int, name: str, role: str, rank: int | None, ctx: PodContext
+) -> dict[str, Any]:
     stage = t.spec.stages[index].name
     template = t.spec.template
     labels = {**(template.labels or {} if template else {}), **pod_labels(t, stage, attempt, role, rank)}
@@ -261,6 +317,8 @@ def _pod(t: Training, index: int, attempt: int, name: str, role: str, rank: int 
     annotations = dict(template.annotations or {}) if template else {}
     if t.spec.gang is not None:
         annotations[VOLCANO_GROUP_ANNOTATION] = names.podgroup_name(t.name)
+    if rank is not None:
+        annotations[RANK_INDEX_ANNOTATION] = str(rank)
     if annotations:
         meta["annotations"] = annotations
     volumes, mounts = volumes_and_mounts(t, index)
@@ -269,7 +327,7 @@ def _pod(t: Training, index: int, attempt: int, name: str, role: str, rank: int 
         "image": t.spec.image,
         "imagePullPolicy": t.spec.image_pull_policy.value,
         "command": command(t, index),
-        "env": _env(t, index, attempt, role, rank),
+        "env": _env(t, index, attempt, role, rank, ctx.sched_ip),
         "resources": _resources(t, role),
         "volumeMounts": mounts,
         # The job writes its result JSON to /dev/termination-log; on a crash the log tail explains.
@@ -278,13 +336,11 @@ def _pod(t: Training, index: int, attempt: int, name: str, role: str, rank: int 
         "securityContext": security_context(t, role),
     }
     if role == names.ROLE_SCHEDULER:
-        container["ports"] = [{"name": "ms-sched", "containerPort": t.spec.scheduler_port}]
+        container["ports"] = [{"name": SCHEDULER_PORT_NAME, "containerPort": t.spec.scheduler_port}]
     spec: dict[str, Any] = {
         "restartPolicy": "Never",  # the controller restarts whole attempts, never single ranks
         "automountServiceAccountToken": False,  # workers never talk to the API server
         "enableServiceLinks": False,
-        "hostname": name,
-        "subdomain": names.service_name(t.name),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "containers": [container],
         "volumes": volumes,
@@ -299,11 +355,13 @@ def _pod(t: Training, index: int, attempt: int, name: str, role: str, rank: int 
             spec["tolerations"] = [toleration.wire() for toleration in template.tolerations]
         if template.priority_class_name:
             spec["priorityClassName"] = template.priority_class_name
+    if ctx.avoid_nodes:
+        spec["affinity"] = _avoid(ctx.avoid_nodes)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
-# Environment variables that differ between the ranks of one attempt (everything else is shared).
-RANK_ENV = ("DEEPLAB_WORKER_INDEX", "MS_NODE_ID")
+# Environment variables that differ between the worker pods of one attempt (everything else is shared).
+RANK_ENV = ("DEEPLAB_WORKER_INDEX", "MS_NODE_ID", "MS_NODE_RANK")
 
 
 def _stamp(worker: dict[str, Any], name: str, rank: int) -> dict[str, Any]:
@@ -312,33 +370,52 @@ def _stamp(worker: dict[str, Any], name: str, rank: int) -> dict[str, Any]:
     never copied. A 4,096-worker attempt with a 100 KiB template then costs 4,096 small dicts, not
     400 MiB of copies (manifests are serialised as they are sent and never mutated)."""
     meta = worker["metadata"]
-    labels = {**meta["labels"], names.LABEL_RANK: str(rank)}
+    labels = {**meta["labels"], names.LABEL_RANK: str(rank), "replica-index": str(rank)}
+    annotations = {**meta["annotations"], RANK_INDEX_ANNOTATION: str(rank)}
     container = worker["spec"]["containers"][0]
     env = [{"name": v["name"], "value": str(rank)} if v["name"] in RANK_ENV else v for v in container["env"]]
-    spec = {**worker["spec"], "hostname": name, "containers": [{**container, "env": env}]}
-    return {**worker, "metadata": {**meta, "name": name, "labels": labels}, "spec": spec}
+    spec = {**worker["spec"], "containers": [{**container, "env": env}]}
+    meta = {**meta, "name": name, "labels": labels, "annotations": annotations}
+    return {**worker, "metadata": meta, "spec": spec}
+
+
+def worker_pods(t: Training) -> int:
+    """Worker pods of one attempt: npusPerPod ranks each."""
+    return t.spec.workers // t.spec.npus_per_pod
 
 
 def pod_count(t: Training) -> int:
     """Pods of one attempt: the workers and, in dynamicCluster mode, the scheduler."""
-    return t.spec.workers + (1 if t.spec.launcher == Launcher.DYNAMIC_CLUSTER else 0)
+    return worker_pods(t) + (1 if t.spec.launcher == Launcher.DYNAMIC_CLUSTER else 0)
 
 
-def desired_pods(t: Training, index: int, attempt: int) -> dict[str, dict[str, Any]]:
+def desired_pods(
+    t: Training, index: int, attempt: int, ctx: PodContext | None = None
+) -> dict[str, dict[str, Any]]:
     """Every pod of one stage attempt, by name: the workers and, in dynamicCluster mode, the scheduler.
 
     The worker manifest is built once per attempt and stamped per rank (see ``_stamp``)."""
+    ctx = ctx or PodContext()
     stage = t.spec.stages[index].name
     first = names.worker_name(t.name, t.uid, stage, attempt, 0)
-    worker = _pod(t, index, attempt, first, names.ROLE_WORKER, 0)
+    worker = _pod(t, index, attempt, first, names.ROLE_WORKER, 0, ctx)
     pods = {first: worker}
-    for rank in range(1, t.spec.workers):
+    for rank in range(1, worker_pods(t)):
         name = names.worker_name(t.name, t.uid, stage, attempt, rank)
         pods[name] = _stamp(worker, name, rank)
     if t.spec.launcher == Launcher.DYNAMIC_CLUSTER:
         name = names.scheduler_name(t.name, t.uid, stage, attempt)
-        pods[name] = _pod(t, index, attempt, name, names.ROLE_SCHEDULER, None)
+        pods[name] = _pod(t, index, attempt, name, names.ROLE_SCHEDULER, None, ctx)
     return pods
+
+
+def pod_names(t: Training, index: int, attempt: int) -> list[str]:
+    """The names ``desired_pods`` gives, without building the pods."""
+    stage = t.spec.stages[index].name
+    found = [names.worker_name(t.name, t.uid, stage, attempt, rank) for rank in range(worker_pods(t))]
+    if t.spec.launcher == Launcher.DYNAMIC_CLUSTER:
+        found.append(names.scheduler_name(t.name, t.uid, stage, attempt))
+    return found
 
 
 def owned_by(obj: dict[str, Any], uid: str) -> bool:
@@ -359,19 +436,30 @@ def describe_owner(obj: dict[str, Any]) -> str:
 
 # -- the other children ----------------------------------------------------------------------------
 def service(t: Training) -> dict[str, Any]:
-    """Headless: DNS records per pod (hostname.subdomain) without a virtual IP."""
+    """dynamicCluster: a ClusterIP in front of the current scheduler pod, the MS_SCHED_HOST of the
+    workers (an IP that stays the same across attempts, known before any worker is created)."""
+    port = t.spec.scheduler_port
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(t, names.service_name(t.name), base_labels(t)),
         "spec": {
-            "clusterIP": "None",
-            "selector": {names.LABEL_TRAINING: names.training_label(t.name)},
-            # Records exist before readiness: ranks look each other up while starting.
+            "type": "ClusterIP",
+            "selector": {
+                names.LABEL_TRAINING: names.training_label(t.name),
+                names.LABEL_ROLE: names.ROLE_SCHEDULER,
+            },
+            # The scheduler has no readiness probe; workers connect while it starts.
             "publishNotReadyAddresses": True,
-            "ports": [{"name": "ms-sched", "port": t.spec.scheduler_port}],
+            "ports": [{"name": SCHEDULER_PORT_NAME, "port": port, "targetPort": port, "protocol": "TCP"}],
         },
     }
+
+
+def cluster_ip(svc: dict[str, Any] | None) -> str | None:
+    """The Service's virtual IP once the API server allocated it (None for a headless Service)."""
+    ip = ((svc or {}).get("spec") or {}).get("clusterIP")
+    return ip if ip and ip != "None" else None
 
 
 def configmap(t: Training, data: dict[str, str]) -> dict[str, Any]:
@@ -385,8 +473,7 @@ def configmap(t: Training, data: dict[str, str]) -> dict[str, Any]:
 
 def podgroup(t: Training) -> dict[str, Any]:
     """Volcano gang scheduling: no pod of the group is bound until all of them fit."""
-    members = t.spec.workers + (1 if t.spec.launcher == Launcher.DYNAMIC_CLUSTER else 0)
-    spec: dict[str, Any] = {"minMember": members}
+    spec: dict[str, Any] = {"minMember": pod_count(t)}
     template = t.spec.template
     if template and template.priority_class_name:
         spec["priorityClassName"] = template.priority_class_name

@@ -10,18 +10,25 @@
   scheduler's name resolves, then exec the job (the scheduler pod runs the same command).
 - unset: a local run; exec the job unchanged.
 
-The job replaces this process (exec), so SIGTERM from the kubelet reaches the training loop
-directly and it can make its newest checkpoint safe before exiting.
+A pod with one rank (one NPU) is replaced by the job (exec), so SIGTERM from the kubelet reaches the
+training loop directly and it can make its newest checkpoint safe before exiting. A pod with N > 1
+ranks (``MS_LOCAL_WORKER``, or N devices in the pod's server_list entry) starts one job process per
+rank, as MindSpore's ``msrun`` does (mindspore/parallel/cluster/process_entity/_api.py), forwards
+SIGTERM/SIGINT to each, and exits with the first failure's code after stopping the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import json
 import os
+import re
 import reprlib
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,10 +54,12 @@ class Unreadable(NotReady):
 
 @dataclass(frozen=True)
 class Placement:
-    rank: int
+    rank: int  # the pod's first rank (what ranks.json maps the pod to)
     size: int
-    device_id: str  # physical NPU id, as the table says
+    device_id: str  # physical NPU id of the first rank, as the table says
     server_id: str
+    local_ranks: int = 1  # ranks (NPUs) this pod holds: rank .. rank + local_ranks - 1
+    device_ids: tuple[str, ...] = ()  # the physical ids of those ranks' NPUs, in rank order
 
 
 RANK_DIGITS = 9  # no table has a billion ranks; longer numbers are refused before int() parses them
@@ -72,18 +81,26 @@ def _rank(value: object) -> int | None:
     return None
 
 
+# 1.2: Atlas A3 super pods, as MindX's ascend-operator writes it (mind-cluster component/ascend-operator/
+# pkg/ranktable/v1dot2/ranktable.go, common/server.go; docs/en/scheduling/api/hccl.json_file_description.md):
+# every device also has a super_device_id, and super_pod_list groups the server_ids by super pod.
+VERSIONS = ("1.0", "1.2")
+
+
 def validate_table(table: object, source: str = "rank table") -> dict[int, tuple[str, str]]:
-    """Check a completed v1.0 table; return rank -> (server_id, device_id).
+    """Check a completed v1.0 or v1.2 table; return rank -> (server_id, device_id).
 
     HCCL fails late and obscurely on a bad table, so everything it relies on is checked up front:
-    string values, ranks 0..N-1 each once, ranks contiguous within a server, a true server count.
+    string values, ranks 0..N-1 each once, ranks contiguous within a server_list entry, a true
+    server count (MindX writes one entry per pod, so several entries may share a server_id).
     Every problem is a BadInput naming ``source``: a table does not repair itself, so a retry
     cannot help (exit 2, never a traceback).
     """
     if not isinstance(table, dict):
         raise BadInput(f"{source}: not a JSON object but {type(table).__name__} {_show(table)}")
-    if table.get("version") != "1.0":
-        raise BadInput(f"{source}: version {_show(table.get('version'))} is not the supported '1.0'")
+    version = table.get("version")
+    if version not in VERSIONS:
+        raise BadInput(f"{source}: version {_show(version)} is not a supported one ('1.0' or '1.2')")
     servers = table.get("server_list")
     if not isinstance(servers, list) or not servers:
         raise BadInput(f"{source}: server_list is missing or empty")
@@ -98,7 +115,8 @@ def validate_table(table: object, source: str = "rank table") -> dict[int, tuple
         if not isinstance(server_id, str) or not server_id or not isinstance(devices, list) or not devices:
             raise BadInput(f"{source}: server_list[{index}] lacks server_id or devices")
         placed = [
-            _device(device, f"{source}: server_list[{index}].device[{i}]") for i, device in enumerate(devices)
+            _device(device, f"{source}: server_list[{index}].device[{i}]", super_pod=version == "1.2")
+            for i, device in enumerate(devices)
         ]
         server_ranks = [rank for rank, _ in placed]
         if server_ranks != list(range(server_ranks[0], server_ranks[0] + len(server_ranks))):
@@ -111,13 +129,47 @@ def validate_table(table: object, source: str = "rank table") -> dict[int, tuple
             ranks[rank] = (server_id, device_id)
     if sorted(ranks) != list(range(len(ranks))):
         raise BadInput(f"{source}: rank ids {_show(sorted(ranks))} are not 0..{len(ranks) - 1}")
+    if version == "1.2":
+        _check_super_pods(table.get("super_pod_list"), {server_id for server_id, _ in ranks.values()}, source)
     return ranks
 
 
-def _device(device: object, where: str) -> tuple[int, str]:
-    """(rank, device_id) of one device entry."""
+def _check_super_pods(super_pods: object, server_ids: set[str], source: str) -> None:
+    """v1.2's super_pod_list: distinct numeric super_pod_ids, each listing servers of server_list,
+    and every server of server_list in one of them (HCCL places each server in its super pod)."""
+    if not isinstance(super_pods, list) or not super_pods:
+        raise BadInput(f"{source}: version 1.2 needs a super_pod_list, got {_show(super_pods)}")
+    seen_pods: set[str] = set()
+    listed: set[str] = set()
+    for index, pod in enumerate(super_pods):
+        where = f"{source}: super_pod_list[{index}]"
+        pod_id = pod.get("super_pod_id") if isinstance(pod, dict) else None
+        members = pod.get("server_list") if isinstance(pod, dict) else None
+        if not _id_string(pod_id) or not isinstance(members, list) or not members:
+            raise BadInput(f"{where} lacks a numeric super_pod_id string or a server_list: {_show(pod)}")
+        if pod_id in seen_pods:
+            raise BadInput(f"{where}: super_pod_id {pod_id!r} appears twice")
+        seen_pods.add(pod_id)
+        for member in members:
+            server_id = member.get("server_id") if isinstance(member, dict) else None
+            if server_id not in server_ids:
+                raise BadInput(f"{where}: server {_show(server_id)} is not in server_list")
+            listed.add(server_id)
+    if server_ids - listed:
+        raise BadInput(f"{source}: servers {_show(sorted(server_ids - listed))} are in no super pod")
+
+
+def _id_string(value: object) -> bool:
+    """A decimal id as MindX writes it, a string ("0", "37748736")."""
+    return isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 2 * RANK_DIGITS
+
+
+def _device(device: object, where: str, super_pod: bool = False) -> tuple[int, str]:
+    """(rank, device_id) of one device entry (v1.2: with its super_device_id)."""
     if not isinstance(device, dict):
         raise BadInput(f"{where} is not an object but {_show(device)}")
+    if super_pod and not _id_string(device.get("super_device_id")):
+        raise BadInput(f"{where} has no super_device_id string: {_show(device.get('super_device_id'))}")
     rank = _rank(device.get("rank_id"))
     if rank is None:
         raise BadInput(f"{where} has no integer rank_id >= 0: {_show(device.get('rank_id'))}")
@@ -188,14 +240,44 @@ def read_placement(table_path: Path, ranks_path: Path, pod: str, attempt: str | 
     pod_ranks = _pod_ranks(meta, ranks_path)
     if pod not in pod_ranks:
         raise BadInput(f"{ranks_path}: pod {pod!r} is not in the rank map")
-    if sorted(pod_ranks.values()) != sorted(by_rank):
+    counts = pod_rank_counts(pod_ranks.values(), entry_first_ranks(table), len(by_rank))
+    if counts is None:
         raise BadInput(
             f"{ranks_path}: ranks {_show(sorted(pod_ranks.values()))} do not match the table's "
-            f"0..{len(by_rank) - 1}, one pod each"
+            f"0..{len(by_rank) - 1}: one pod per rank, or per server_list entry"
         )
     rank = pod_ranks[pod]
     server_id, device_id = by_rank[rank]
-    return Placement(rank=rank, size=len(by_rank), device_id=device_id, server_id=server_id)
+    return Placement(
+        rank=rank,
+        size=len(by_rank),
+        device_id=device_id,
+        server_id=server_id,
+        local_ranks=counts[rank],
+        device_ids=tuple(by_rank[r][1] for r in range(rank, rank + counts[rank])),
+    )
+
+
+def entry_first_ranks(table: dict) -> list[int]:
+    """The first rank of every server_list entry of a validated table (its ranks are contiguous)."""
+    return [
+        min(_rank(device["rank_id"]) or 0 for device in entry["device"]) for entry in table["server_list"]
+    ]
+
+
+def pod_rank_counts(firsts: object, entry_starts: list[int], size: int) -> dict[int, int] | None:
+    """Each pod's first rank -> how many ranks it holds, or None when the map does not fit the table.
+
+    ranks.json maps a pod to its first rank. A pod holds the ranks from there up to the next pod's
+    first rank, within one server_list entry: MindX's one entry per pod (N devices each), or the
+    older grouping of several one-NPU pods of a node in one entry (every rank then starts a pod).
+    So every entry must start at some pod's first rank, and no two pods may share one.
+    """
+    starts = sorted(firsts)  # type: ignore[call-overload]
+    if len(set(starts)) != len(starts) or not set(entry_starts) <= set(starts) <= set(range(size)):
+        return None
+    ends = [*starts[1:], size]
+    return {first: end - first for first, end in zip(starts, ends, strict=True)}
 
 
 def wait_for_placement(
@@ -222,20 +304,62 @@ def wait_for_placement(
         time.sleep(poll)
 
 
-def rank_table_env(placement: Placement, table_file: str, pod_ip: str | None) -> dict[str, str]:
+def rank_table_env(
+    placement: Placement, table_file: str, pod_ip: str | None, local: int = 0
+) -> dict[str, str]:
+    """The variables of the pod's ``local``-th process (rank ``placement.rank + local``)."""
     env = {
         "RANK_TABLE_FILE": table_file,
-        "RANK_ID": str(placement.rank),
+        "RANK_ID": str(placement.rank + local),
         "RANK_SIZE": str(placement.size),
-        # One NPU is visible per pod, and the runtime numbers visible devices from 0; the table keeps
-        # the physical id, which HCCL maps to the NPU's address. Exporting the physical id here
-        # would make the runtime ask for a device the container does not see.
-        "DEVICE_ID": "0",
-        "ASCEND_DEVICE_ID": "0",
+        # Only the pod's own NPUs are visible, and the runtime numbers visible devices from 0; the
+        # table keeps the physical id, which HCCL maps to the NPU's address. Exporting the physical
+        # id here would make the runtime ask for a device the container does not see.
+        "DEVICE_ID": str(local),
+        "ASCEND_DEVICE_ID": str(local),
     }
     if pod_ip:
         env["HCCL_IF_IP"] = pod_ip  # HCCL's host-side socket: the pod's own address
     return env
+
+
+def visible_devices(value: str) -> list[str] | None:
+    """The physical NPU ids of ``ASCEND_VISIBLE_DEVICES`` in the forms Ascend Docker Runtime takes
+    ("Ascend910-0,Ascend910-1" as Volcano's huawei.com/Ascend910 annotation has it, "0,1", "0-3"),
+    or None for anything else (then nothing is compared)."""
+    ids: list[str] = []
+    for part in value.split(","):
+        part = part.strip()
+        named = re.fullmatch(r"Ascend\w*-(\d{1,4})", part)
+        span = re.fullmatch(r"(\d{1,4})-(\d{1,4})", part)
+        if named:
+            ids.append(str(int(named.group(1))))
+        elif span and int(span.group(1)) <= int(span.group(2)):
+            ids += [str(i) for i in range(int(span.group(1)), int(span.group(2)) + 1)]
+        elif re.fullmatch(r"\d{1,4}", part):
+            ids.append(str(int(part)))
+        else:
+            return None
+    return ids
+
+
+def visibility_warning(placement: Placement, visible: str | None) -> str | None:
+    """A warning when the container's NPUs are not the pod's devices of the table, in order.
+
+    The runtime numbers the visible NPUs from 0 in ascending physical id, and the launcher gives
+    rank ``first + i`` DEVICE_ID i: that is right only if the table lists this pod's NPUs, sorted,
+    as the device plugin writes them (mind-cluster ascend-device-plugin GetPodConfiguration sorts
+    the ids). Not refused: only real hardware can tell whether a mismatch matters.
+    """
+    ids = visible_devices(visible) if visible else None
+    if ids is None or not placement.device_ids:
+        return None
+    if sorted(ids, key=int) == list(placement.device_ids):
+        return None
+    return (
+        f"ASCEND_VISIBLE_DEVICES={visible!r} are not this pod's NPUs of the table "
+        f"{list(placement.device_ids)} in ascending order: DEVICE_ID i may not be rank {placement.rank}+i's"
+    )
 
 
 def _digits(text: str) -> bool:
@@ -243,31 +367,103 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= RANK_DIGITS
 
 
-def check_dynamic_cluster(env: Mapping[str, str], timeout: float, poll: float = 1.0) -> None:
+def check_dynamic_cluster(env: Mapping[str, str], timeout: float, poll: float = 1.0) -> dict[str, str]:
+    """Check the ``MS_*`` variables; return the additions for the job: the scheduler's IP address.
+
+    MindSpore documents ``MS_SCHED_HOST`` as an IP address; an IP literal is used as is, a host name
+    is resolved once here (waiting for its DNS record) and the job gets the address instead.
+    """
     role = env.get("MS_ROLE")
     if role not in ("MS_SCHED", "MS_WORKER"):
         raise BadInput(f"MS_ROLE={role!r}: expected MS_SCHED or MS_WORKER")
     for name in ("MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM"):
         if not env.get(name):
             raise BadInput(f"{name} is not set")
-    if role == "MS_WORKER" and not _digits(env.get("MS_NODE_ID", "")):
-        raise BadInput(f"MS_NODE_ID={env.get('MS_NODE_ID')!r}: a worker needs its integer node id")
     if not _digits(env["MS_WORKER_NUM"]):
         raise BadInput(f"MS_WORKER_NUM={env['MS_WORKER_NUM']!r}: expected a number of workers")
+    if role == "MS_WORKER":
+        first_node_id(env)
     if not (_digits(env["MS_SCHED_PORT"]) and 0 < int(env["MS_SCHED_PORT"]) < 65536):
         raise BadInput(f"MS_SCHED_PORT={env['MS_SCHED_PORT']!r}: expected a port number")
-    # The scheduler's DNS record appears a few seconds after its pod gets an IP.
-    host, deadline = env["MS_SCHED_HOST"], time.monotonic() + timeout
+    host = env["MS_SCHED_HOST"]
+    if _ip(host):
+        return {}
+    address = resolve(host, int(env["MS_SCHED_PORT"]), timeout, poll)
+    print(f"launch: MS_SCHED_HOST {host} resolved to {address}; the job gets the address", file=sys.stderr)
+    return {"MS_SCHED_HOST": address}
+
+
+def _ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def resolve(host: str, port: int, timeout: float, poll: float = 1.0) -> str:
+    """The host's address (IPv4 first, as MindSpore's TCP layer expects), waiting for its DNS record:
+    the scheduler's record appears a few seconds after its pod gets an IP."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
-            socket.getaddrinfo(host, int(env["MS_SCHED_PORT"]))
-            return
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            return pick_address(infos)
         except UnicodeError:  # the IDNA codec refuses it (an empty or over-long label)
             raise BadInput(f"MS_SCHED_HOST={host!r} is not a valid host name") from None
         except socket.gaierror:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"scheduler host {host} did not resolve within {timeout:.0f}s") from None
             time.sleep(poll)
+
+
+def pick_address(infos: list[tuple]) -> str:
+    """The first IPv4 address of a getaddrinfo answer, else its first address."""
+    ordered = sorted(infos, key=lambda info: info[0] != socket.AF_INET)  # stable: resolver order kept
+    return str(ordered[0][4][0])
+
+
+def local_workers(env: Mapping[str, str]) -> int:
+    """``MS_LOCAL_WORKER``: how many ranks (processes) this pod runs; 1 when unset."""
+    value = env.get("MS_LOCAL_WORKER", "1")
+    if not _digits(value) or int(value) < 1:
+        raise BadInput(f"MS_LOCAL_WORKER={value!r}: expected a number of processes >= 1")
+    return int(value)
+
+
+def first_node_id(env: Mapping[str, str]) -> int:
+    """The MS_NODE_ID of the pod's first process, checked against MS_WORKER_NUM.
+
+    A one-process pod has its MS_NODE_ID (MS_NODE_RANK as fallback); a pod of N processes has
+    MS_NODE_RANK and holds node ids MS_NODE_RANK * N .. + N - 1, as msrun numbers them when every
+    node runs the same number of processes (``_get_node_id_and_log_path`` in msrun's _api.py).
+    """
+    count, total = local_workers(env), int(env["MS_WORKER_NUM"])
+    node_id, node_rank = env.get("MS_NODE_ID", ""), env.get("MS_NODE_RANK", "")
+    if count == 1 and _digits(node_id):
+        first = int(node_id)
+    elif _digits(node_rank):
+        first = int(node_rank) * count
+    elif count == 1:
+        raise BadInput(f"MS_NODE_ID={env.get('MS_NODE_ID')!r}: a worker needs its integer node id")
+    else:
+        raise BadInput(f"MS_NODE_RANK={env.get('MS_NODE_RANK')!r}: a worker pod of {count} needs its index")
+    if first + count > total:
+        raise BadInput(
+            f"node ids {first}..{first + count - 1} of this pod do not fit MS_WORKER_NUM={total}"
+            f" (MS_NODE_RANK={node_rank or None!r}, MS_LOCAL_WORKER={count})"
+        )
+    return first
+
+
+def dynamic_cluster_envs(env: Mapping[str, str]) -> list[dict[str, str]]:
+    """The additions of each of the pod's worker processes, as msrun exports them: MS_NODE_ID and
+    RANK_ID = the node id, DEVICE_ID = the local index (the pod's NPUs are numbered from 0)."""
+    first = first_node_id(env)
+    return [
+        {"MS_NODE_ID": str(first + i), "RANK_ID": str(first + i), "DEVICE_ID": str(i)}
+        for i in range(local_workers(env))
+    ]
 
 
 def snapshot(table_path: Path) -> str:
@@ -289,8 +485,8 @@ def job_command(args: argparse.Namespace, env: Mapping[str, str]) -> list[str]:
     return [sys.executable, "-m", "job", *args.command]
 
 
-def prepare(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
-    """The environment additions for this pod's role, or raise."""
+def prepare(args: argparse.Namespace, env: Mapping[str, str]) -> list[dict[str, str]]:
+    """The environment additions of each process this pod runs (one per rank), or raise."""
     mode = launch_mode(args, env)
     if mode == "rankTable":
         pod = env.get("POD_NAME") or socket.gethostname()
@@ -299,17 +495,103 @@ def prepare(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
             Path(env.get("DEEPLAB_RANKS", args.ranks)),
         )
         placement = wait_for_placement(table, ranks, pod, env.get("DEEPLAB_ATTEMPT"), args.timeout, args.poll)
-        print(
-            f"launch: {pod} is rank {placement.rank}/{placement.size} on {placement.server_id}",
-            file=sys.stderr,
-        )
-        return rank_table_env(placement, snapshot(table), env.get("POD_IP"))
+        last = placement.rank + placement.local_ranks - 1
+        held = f"ranks {placement.rank}..{last}" if last > placement.rank else f"rank {placement.rank}"
+        print(f"launch: {pod} is {held}/{placement.size} on {placement.server_id}", file=sys.stderr)
+        warning = visibility_warning(placement, env.get("ASCEND_VISIBLE_DEVICES"))
+        if warning:
+            print(f"launch: warning: {warning}", file=sys.stderr)
+        copy = snapshot(table)
+        return [rank_table_env(placement, copy, env.get("POD_IP"), i) for i in range(placement.local_ranks)]
     if mode == "dynamicCluster":
-        check_dynamic_cluster(env, args.timeout, args.poll)
-        return {}
+        extra = check_dynamic_cluster(env, args.timeout, args.poll)
+        if env.get("MS_ROLE") == "MS_SCHED":
+            return [extra]  # one scheduler process, however many NPUs the worker pods hold
+        return [{**extra, **child} for child in dynamic_cluster_envs(env)]
     if mode:
         raise BadInput(f"DEEPLAB_LAUNCHER={mode!r}: expected rankTable or dynamicCluster")
-    return {}
+    return [{}]
+
+
+SIBLING_GRACE = 30.0  # seconds the other processes get after the first failure, then SIGKILL
+FORWARDED = (signal.SIGTERM, signal.SIGINT)
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a container runtime reports it: the exit code, or 128 + the killing signal."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def supervise(command: list[str], envs: list[dict[str, str]], grace: float = SIBLING_GRACE) -> int:
+    """Run ``command`` once per environment (one process per rank) and wait for all of them.
+
+    SIGTERM/SIGINT are forwarded to every process (each sits in its own session, so a terminal's
+    Ctrl-C reaches them only this way, once). The first process that fails decides the exit code:
+    the others get SIGTERM, and SIGKILL after ``grace`` seconds (a rank stuck in a collective with
+    a dead peer never returns to Python to act on SIGTERM). 0 only when every process exits 0.
+    """
+    children: dict[int, subprocess.Popen] = {}
+    received: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        for pid, child in children.items():
+            if child.returncode is None:
+                _signal(pid, signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
+    try:
+        for env in envs:
+            child = subprocess.Popen(command, env=env, start_new_session=True)
+            children[child.pid] = child
+            if received:  # a signal that came while the earlier processes were being started
+                _signal(child.pid, received[-1])
+        return _wait(children, grace)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _reap(children)
+
+
+def _signal(pid: int, signum: int, group: bool = False) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum) if group else os.kill(pid, signum)
+
+
+def _wait(children: dict[int, subprocess.Popen], grace: float, poll: float = 0.1) -> int:
+    """Reap until every process has exited: 0, or the first failure's code (see ``supervise``)."""
+    running, failure, deadline = set(children), None, None
+    while running:
+        pid, status = os.waitpid(-1, os.WNOHANG)  # -1: as PID 1 this also reaps orphaned grandchildren
+        if pid == 0:
+            if deadline is not None and time.monotonic() >= deadline:
+                for other in running:
+                    _signal(other, signal.SIGKILL, group=True)
+                deadline = None
+            time.sleep(poll)
+            continue
+        if pid not in running:
+            continue
+        running.discard(pid)
+        code = children[pid].returncode = exit_code(status)
+        if code != 0 and failure is None:
+            failure = code
+            print(f"launch: process {pid} exited {code}; stopping the other {len(running)}", file=sys.stderr)
+            for other in running:
+                _signal(other, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+    return failure or 0
+
+
+def _reap(children: dict[int, subprocess.Popen]) -> None:
+    """Leave no process behind when ``supervise`` itself fails (e.g. a start that raised)."""
+    for pid, child in children.items():
+        if child.returncode is None:
+            _signal(pid, signal.SIGKILL, group=True)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            child.returncode = -signal.SIGKILL
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -321,6 +603,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--timeout", type=float, default=float(os.environ.get("DEEPLAB_LAUNCH_TIMEOUT", DEFAULT_TIMEOUT))
     )
     parser.add_argument("--poll", type=float, default=1.0)
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=float(os.environ.get("DEEPLAB_SIBLING_GRACE", SIBLING_GRACE)),
+        help="multi-NPU pods: seconds the other processes get after one failed, then SIGKILL",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- train|eval <flags>")
     args = parser.parse_args(argv)
     if args.command[:1] == ["--"]:
@@ -343,9 +631,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch: error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.environ.update(extra)
     command = job_command(args, os.environ)
     sys.stdout.flush()
+    if len(extra) > 1:
+        print(f"launch: starting {len(extra)} processes, one per rank of this pod", file=sys.stderr)
+        return supervise(command, [{**os.environ, **child} for child in extra], args.grace)
+    os.environ.update(extra[0])
     os.execv(command[0], command)
     return EXIT_FAILURE  # unreachable: exec replaced the process
 

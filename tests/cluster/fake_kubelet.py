@@ -115,17 +115,6 @@ class FakeKubelet:
         core.patch_node_status(name, status, _content_type="application/merge-patch+json")
 
 
-def bind(admin, namespace: str, pod: str, node: str) -> None:
-    """What the scheduler does: the pods/binding subresource sets spec.nodeName."""
-    body = {
-        "apiVersion": "v1",
-        "kind": "Binding",
-        "metadata": {"name": pod},
-        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-    }
-    client.CoreV1Api(admin).create_namespaced_pod_binding(pod, namespace, body, _preload_content=False)
-
-
 def progress_line(epoch: int, epochs: int, loss: float) -> str:
     return json.dumps(
         {"event": "progress", "epoch": epoch, "epochs": epochs, "step": epoch * 10, "steps": epochs * 10,

@@ -87,7 +87,37 @@ class Kubelet:
             return {}, {}
         return json.loads(cm["data"]["hccl.json"]), json.loads(cm["data"]["ranks.json"])
 
+    def events(self, training: str) -> list[dict[str, Any]]:
+        """The training's events, read through the API by the object they are about (never by name or
+        by `kubectl describe` text, where "Started" would also match "StageStarted")."""
+        selector = f"involvedObject.name={training},involvedObject.kind=DeepLabTraining"
+        listed = self.core.list_namespaced_event(self.ns, field_selector=selector, _preload_content=False)
+        return json.loads(listed.data)["items"]
+
+    def reasons(self, training: str) -> list[str]:
+        """The reasons of the training's events, in the order they were created."""
+        # resourceVersions grow with every write; timestamps have one-second ties
+        found = sorted(self.events(training), key=lambda e: int(e["metadata"]["resourceVersion"]))
+        return [e["reason"] for e in found]
+
     # -- writing, as kubelet and device plugin would ------------------------------------------------------
+    def bind(self, pod: str, node: str) -> None:
+        """What the scheduler does: the pod's binding subresource sets spec.nodeName."""
+        body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node}}  # fmt: skip
+        self.core.create_namespaced_pod_binding(pod, self.ns, body, _preload_content=False)
+
+    def annotate_devices(self, pod: str, server_id: str, devices: list[tuple[int, str]]) -> None:
+        """The Ascend device plugin's allocation annotation (FACTS 5; ascend-device-plugin
+        pkg/common/common.go GetPodConfiguration): chips in ascending physical id."""
+        value = {
+            "pod_name": pod,
+            "server_id": server_id,
+            "devices": [{"device_id": str(i), "device_ip": ip} for i, ip in sorted(devices)],
+        }
+        patch = {"metadata": {"annotations": {DEVICE_ANNOTATION: json.dumps(value)}}}
+        self.core.patch_namespaced_pod(pod, self.ns, patch, _content_type=MERGE)
+
     def patch_status(self, pod: str, status: dict[str, Any]) -> None:
         self.core.patch_namespaced_pod_status(pod, self.ns, {"status": status}, _content_type=MERGE)
 
@@ -131,7 +161,7 @@ def terminated_status(code: int, message: str = "", reason: str | None = None) -
             "finishedAt": now,
         }
     }
-    container = {"name": "worker", "image": "worker", "imageID": "", "ready": False, "restartCount": 0}
+    container = {"name": "ascend", "image": "worker", "imageID": "", "ready": False, "restartCount": 0}
     return {
         "phase": "Succeeded" if code == 0 else "Failed",
         "containerStatuses": [{**container, "state": state}],
@@ -187,7 +217,7 @@ class ControllerProcess:
         self.log = logdir / f"{identity}.log"
         cmd = [
             sys.executable, "-m", "controller", "run", "--kubeconfig", str(kubeconfig),
-            "--identity", identity, "--health-addr", f"127.0.0.1:{self.port}",
+            "--identity", identity, "--health-addr", f"127.0.0.1:{self.port}", "--leader-elect",
             "--lease-duration", "5", "--renew-deadline", "4", "--retry-period", "0.5",
             "--log-interval", "2", "--resync-seconds", "5", "--watch-timeout", "20", "--log-level", "DEBUG",
             *(["--as", as_user] if as_user else []), *extra,

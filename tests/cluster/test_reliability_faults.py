@@ -74,8 +74,11 @@ class Attempts:
         wait_for("Running", lambda: self.kubelet.status(self.name).get("phase") == "Running")
 
     def evict(self, pod: str) -> None:
+        # what a kubelet reports for a node-pressure eviction (the condition since Kubernetes 1.26)
+        condition = {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}
+        message = "The node was low on resource: memory."
         self.kubelet.patch_status(
-            pod, {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}
+            pod, {"phase": "Failed", "reason": "Evicted", "message": message, "conditions": [condition]}
         )
 
     def delete(self, pod: str) -> None:
@@ -154,17 +157,18 @@ def test_a_worker_lost_at_any_phase_of_an_attempt_restarts_it_with_a_new_table_a
         kubelet.terminate(pod["metadata"]["name"], 0, message)
     wait_for("Succeeded", lambda: kubelet.status(name).get("phase") == "Succeeded")
     stage = kubelet.status(name)["stages"][0]
-    assert stage["attempts"] == run.number == 9 and stage["failures"] == 8
+    # 3 evictions and 2 deletions are disruptions, counted apart from backoffLimit's 3 failures
+    assert stage["attempts"] == run.number == 9 and stage["failures"] == 3 and stage["disruptions"] == 5
     assert stage["checkpoint"] == f"/checkpoints/{name}/only/final.ckpt"
     # resume: every attempt trains in the same directory with the same checkpoint interval, so the
     # job restarts from the newest checkpoint there and loses at most saveSteps steps
     assert len({flag(c, "--train_dir") for c in run.commands}) == 1
     assert {flag(c, "--save_steps") for c in run.commands} == {"50"}
     assert len(run.tables) == 7 and all(len(r) == 2 for r in run.tables.values())
-    events = kubectl(
-        "get", "events", "-n", kubelet.ns, "--field-selector", f"involvedObject.name={name}"
-    ).stdout
-    assert "Evicted" in events and "disappeared after the attempt started" in events
+    disrupted = [e["message"] for e in kubelet.events(name) if e["reason"] == "Disrupted"]
+    assert any("Evicted" in m for m in disrupted), disrupted
+    assert any("disappeared after the attempt started" in m for m in disrupted), disrupted
+    assert kubelet.reasons(name).count("AttemptFailed") == 3
 
 
 def test_conflicts_are_retried_not_fatal(controller, kubelet, kubectl, admin, monkeypatch):

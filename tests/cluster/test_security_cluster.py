@@ -28,6 +28,7 @@ EXPECTED_CLUSTER_WIDE = {
     ("pods", "get"), ("pods", "list"), ("pods", "watch"), ("pods", "create"), ("pods", "delete"),
     ("pods/log", "get"),
     ("services", "get"), ("services", "list"), ("services", "watch"), ("services", "create"),
+    ("services", "delete"), ("nodes", "get"),
     ("configmaps", "get"), ("configmaps", "create"), ("configmaps", "update"),
     ("events", "create"),
     ("podgroups.scheduling.volcano.sh", "get"), ("podgroups.scheduling.volcano.sh", "create"),
@@ -91,7 +92,8 @@ def _worker_pod(namespace: str, **spec) -> dict:
     }
     body["metadata"]["uid"] = "0123456789"
     t = Training.from_obj(body)
-    pod = next(iter(resources.desired_pods(t, 1, 1).values()))  # stage 2: with the /init mount
+    ctx = resources.PodContext(sched_ip="10.96.0.10")
+    pod = next(iter(resources.desired_pods(t, 1, 1, ctx).values()))  # stage 2: with the /init mount
     del pod["metadata"]["ownerReferences"]
     return pod
 
@@ -202,10 +204,7 @@ def test_the_controller_never_logs_tokens_or_sensitive_env_values(
         wait_for("attempt 2", lambda: kubelet.status("envy").get("attempt") == 2)
 
         def refused():
-            out = kubectl(
-                "get", "events", "-n", kubelet.ns, "--field-selector", "involvedObject.name=refused"
-            ).stdout
-            return "ActionFailed" in out
+            return "ActionFailed" in kubelet.reasons("refused")
 
         wait_for("the refused pod reported", refused)
         time.sleep(1)

@@ -7,21 +7,12 @@ import json
 
 import pytest
 from kubelet import apply, training_manifest, wait_for
-from kubernetes import client
 
 from controller import names
 
 pytestmark = pytest.mark.cluster
 
 HOSTS = ["172.16.0.1", "172.16.0.1"]
-
-
-def events(admin, namespace: str, training: str) -> list[dict]:
-    """The training's events, read through the API by the object they are about."""
-    core = client.CoreV1Api(admin)
-    selector = f"involvedObject.name={training},involvedObject.kind=DeepLabTraining"
-    listed = core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False)
-    return json.loads(listed.data)["items"]
 
 
 def test_trainings_whose_names_and_stages_concatenate_alike_both_run(controller, kubelet, kubectl):
@@ -67,7 +58,11 @@ def test_a_foreign_rank_table_is_never_adopted_overwritten_or_deleted(controller
     )
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and failed["reason"] == "NameConflict"
-    warnings = [e for e in events(admin, ns, "mindx-job") if e["reason"] == "NameConflict"]
+    # the status is written before the events: wait for the event rather than race it
+    warnings = wait_for(
+        "NameConflict event",
+        lambda: [e for e in kubelet.events("mindx-job") if e["reason"] == "NameConflict"],
+    )
     assert (
         warnings and warnings[0]["type"] == "Warning" and "rings-config-mindx-job" in warnings[0]["message"]
     )
@@ -117,7 +112,7 @@ def test_a_pod_name_taken_between_read_and_create_stops_the_training(controller,
     wait_for("Failed", lambda: kubelet.status("taken").get("phase") == "Failed")
     status = kubelet.status("taken")
     assert status["reason"] == "NameConflict" and f"Pod {name} already exists" in status["message"]
-    assert [e["reason"] for e in events(admin, ns, "taken") if e["type"] == "Warning"] == ["NameConflict"]
+    assert [e["reason"] for e in kubelet.events("taken") if e["type"] == "Warning"] == ["NameConflict"]
     wait_for("its own pods freed", lambda: kubelet.pods("taken") == [])
     after = kubectl("get", "pod", name, "-n", ns, "-o", "json")
     assert json.loads(after.stdout)["metadata"] == json.loads(before.stdout)["metadata"], "left alone"

@@ -21,6 +21,7 @@ START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 
 UID = "0123456789abcdef"  # every simulated training's uid
+CLUSTER_IP = "10.96.0.10"  # the virtual IP the simulated API server gives a Service
 
 
 def pod_name(stage: str, attempt: int, rank: int | None, training: str = "voc") -> str:
@@ -28,6 +29,11 @@ def pod_name(stage: str, attempt: int, rank: int | None, training: str = "voc") 
     if rank is None:
         return names.scheduler_name(training, UID, stage, attempt)
     return names.worker_name(training, UID, stage, attempt, rank)
+
+
+def node_name(host: str) -> str:
+    """The node a simulated host IP belongs to."""
+    return "node-" + host.rsplit(".", 1)[-1]
 
 
 def stage(name: str, **fields: Any) -> dict[str, Any]:
@@ -68,6 +74,7 @@ class Sim:
         self.configmap: dict[str, Any] | None = None
         self.service: dict[str, Any] | None = None
         self.podgroup: dict[str, Any] | None = None
+        self.nodes: dict[str, dict[str, Any]] = {}  # what the controller reads of a failed pod's node
         self.deleted_training = False
         self.now = START
         self.history: list[Plan] = []
@@ -89,6 +96,7 @@ class Sim:
             service=self.service,
             podgroup=self.podgroup,
             logs=logs,
+            nodes=copy.deepcopy(self.nodes),
         )
         result = plan(self.training(), observed, self.now)
         self.obj["status"] = result.status
@@ -112,9 +120,15 @@ class Sim:
                 self.configmap = manifest
                 self.cm_writes += 1
             elif kind == "Service":
+                manifest["metadata"]["uid"] = uuid.uuid4().hex
+                if manifest["spec"].get("clusterIP") != "None":  # the API server allocates the virtual IP
+                    manifest["spec"]["clusterIP"] = CLUSTER_IP
                 self.service = manifest
             elif kind == "PodGroup":
                 self.podgroup = manifest
+        elif isinstance(action, Delete) and action.kind == "Service":
+            if self.service is not None and self.service["metadata"].get("uid") == action.uid:
+                self.service = None
         elif isinstance(action, Delete):
             pod = self.pods.get(action.name)
             if pod is not None and pod["metadata"]["uid"] == action.uid:
@@ -149,13 +163,16 @@ class Sim:
             if host is None:
                 continue
             pod["status"].update(hostIP=host, podIP=f"10.1.{host.rsplit('.', 1)[-1]}.{index + 10}")
+            pod["spec"]["nodeName"] = node_name(host)
             if device_plugin:
                 local = sum(1 for h in hosts[:index] if h == host)
-                annotation = {
-                    "pod_name": str(index),
-                    "server_id": host,
-                    "devices": [{"device_id": str(local + 4), "device_ip": f"192.168.{local}.{host[-1]}"}],
-                }
+                per_pod = self.training().spec.npus_per_pod
+                if per_pod == 1:
+                    devices = [{"device_id": str(local + 4), "device_ip": f"192.168.{local}.{host[-1]}"}]
+                else:  # the pod's chips, in ascending physical id as the plugin sorts them
+                    ids = [local * per_pod + j for j in range(per_pod)]
+                    devices = [{"device_id": str(i), "device_ip": f"192.168.{i}.{host[-1]}"} for i in ids]
+                annotation = {"pod_name": pod["metadata"]["name"], "server_id": host, "devices": devices}
                 pod["metadata"].setdefault("annotations", {})[DEVICE_ANNOTATION] = json.dumps(annotation)
         for pod in self.current(names.ROLE_SCHEDULER):
             pod["status"].update(hostIP=hosts[0], podIP="10.9.9.9")
@@ -168,7 +185,7 @@ class Sim:
         pod["status"]["phase"] = "Succeeded" if code == 0 else "Failed"
         pod["status"]["containerStatuses"] = [
             {
-                "name": "worker",
+                "name": "ascend",
                 "state": {
                     "terminated": {
                         "exitCode": code,

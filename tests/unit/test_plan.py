@@ -6,10 +6,11 @@ import json
 from datetime import timedelta
 
 import pytest
-from sim import HOSTS, Sim, pod_name, result_message, running, stage, training_obj
+from sim import CLUSTER_IP, HOSTS, Sim, pod_name, result_message, running, stage, training_obj
 
 from controller import names
 from controller.plan import Create, Delete, DeleteTraining, ReplaceConfigMap
+from controller.ranktable import DEVICE_ANNOTATION, NPU_DEVICE_ANNOTATION
 
 
 def kinds(plan) -> list[str]:
@@ -30,7 +31,7 @@ def test_new_training_creates_service_initializing_table_and_pods():
     sim = Sim()
     first = sim.step()
     assert first.status_changed
-    assert kinds(first) == ["Create:Service", "Create:ConfigMap"] + ["Create:Pod"] * 4
+    assert kinds(first) == ["Create:ConfigMap"] + ["Create:Pod"] * 4, "rankTable: no Service"
     st = sim.status
     assert st["phase"] == "Pending" and st["stage"] == "1/3 s16-vocaug" and st["attempt"] == 1
     assert st["attemptId"] == "01234567.s16-vocaug.1"
@@ -61,16 +62,19 @@ def test_rank_table_complete_for_two_servers_with_device_plugin_annotations():
     sim.place(HOSTS)
     result = sim.settle()
     table, ranks = sim.table()
-    assert table["version"] == "1.0" and table["status"] == "completed" and table["server_count"] == "2"
-    first, second = table["server_list"]
-    assert first["server_id"] == "10.0.0.1" and second["server_id"] == "10.0.0.2"
-    assert first["host_nic_ip"] == "reserve" and first["container_ip"] == pods[0]["status"]["podIP"]
-    assert [d["rank_id"] for d in first["device"]] == ["0", "1"]
-    assert [d["rank_id"] for d in second["device"]] == ["2", "3"]
+    # MindX's layout: one server_list entry per pod, server_id from the device plugin's annotation
+    assert table["version"] == "1.0" and table["status"] == "completed" and table["server_count"] == "4"
+    assert list(table) == ["status", "server_list", "server_count", "version"]
+    servers = table["server_list"]
+    assert [s["server_id"] for s in servers] == HOSTS
+    assert [s["container_ip"] for s in servers] == [p["status"]["podIP"] for p in pods]
+    assert [s["host_ip"] for s in servers] == HOSTS and "host_nic_ip" not in servers[0]
+    assert [[d["rank_id"] for d in s["device"]] for s in servers] == [["0"], ["1"], ["2"], ["3"]]
     # device ids and NPU addresses come from the device plugin's annotation, not from the pod
-    assert [d["device_id"] for d in first["device"]] == ["4", "5"]
-    assert second["device"][1]["device_ip"] == "192.168.1.2"
-    assert all(isinstance(v, str) for s in table["server_list"] for d in s["device"] for v in d.values())
+    assert [s["device"][0]["device_id"] for s in servers] == ["4", "5", "4", "5"]
+    assert servers[3]["device"][0]["device_ip"] == "192.168.1.2"
+    assert all(isinstance(v, str) for s in servers for d in s["device"] for v in d.values())
+    assert sim.configmap["data"]["version"].isdigit(), "MindX's change marker next to hccl.json"
     assert ranks["attempt"] == "01234567.s16-vocaug.1"
     assert ranks["ranks"] == {pod_name("s16-vocaug", 1, i): i for i in range(4)}
     assert sim.status["phase"] == "Initializing"
@@ -78,24 +82,52 @@ def test_rank_table_complete_for_two_servers_with_device_plugin_annotations():
     assert not result.actions
 
 
-def test_ranks_follow_placement_so_each_server_is_contiguous():
+def test_npu_workers_wait_for_the_device_plugin_and_never_get_a_made_up_table():
     sim = Sim()
+    sim.settle()
+    sim.place(HOSTS, device_plugin=False)
+    sim.set_phase("Running")
+    sim.settle()
+    assert sim.table()[0] == {"status": "initializing"}, "no pod IP stands in for an NPU address"
+    pending = next(c for c in sim.status["conditions"] if c["type"] == "PodsPending")
+    assert pending["status"] == "True" and pending["reason"] == "WaitingForDeviceAllocation"
+    assert pod_name("s16-vocaug", 1, 0) in pending["message"]
+    assert reasons(sim).count("WaitingForDeviceAllocation") == 1, "one event, not one per resync"
+    # a device the plugin could not read the address of ("-1") is refused like a missing one
+    sim.place(HOSTS)
+    broken = sim.current()[2]["metadata"]["annotations"]
+    info = json.loads(broken[DEVICE_ANNOTATION])
+    info["devices"][0]["device_ip"] = "-1"
+    broken[DEVICE_ANNOTATION] = json.dumps(info)
+    sim.settle()
+    assert sim.table()[0] == {"status": "initializing"}
+    pending = next(c for c in sim.status["conditions"] if c["type"] == "PodsPending")
+    assert "no usable device_ip" in pending["message"] and pod_name("s16-vocaug", 1, 2) in pending["message"]
+    # the other key MindX documents carries the same allocation
+    info["devices"][0]["device_ip"] = "192.168.7.7"
+    del broken[DEVICE_ANNOTATION]
+    broken[NPU_DEVICE_ANNOTATION] = json.dumps(info)
+    sim.settle()
+    table, _ = sim.table()
+    assert (
+        table["status"] == "completed" and table["server_list"][2]["device"][0]["device_ip"] == "192.168.7.7"
+    )
+
+
+def test_cpu_workers_on_the_rank_table_launcher_use_their_pod_address():
+    sim = Sim(training_obj(npuResource=""))
     sim.settle()
     sim.place(["10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.2"], device_plugin=False)
     sim.settle()
     table, ranks = sim.table()
-    assert ranks["ranks"] == {
-        pod_name("s16-vocaug", 1, 0): 0,
-        pod_name("s16-vocaug", 1, 2): 1,
-        pod_name("s16-vocaug", 1, 1): 2,
-        pod_name("s16-vocaug", 1, 3): 3,
+    assert ranks["ranks"] == {pod_name("s16-vocaug", 1, i): i for i in range(4)}
+    assert [s["server_id"] for s in table["server_list"]] == ["10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.2"]
+    third = table["server_list"][2]["device"][0]
+    assert third == {
+        "device_id": "0",
+        "device_ip": sim.pods[pod_name("s16-vocaug", 1, 2)]["status"]["podIP"],
+        "rank_id": "2",
     }
-    # without the device plugin: node-local index and the pod IP
-    assert [d["device_id"] for d in table["server_list"][0]["device"]] == ["0", "1"]
-    assert (
-        table["server_list"][0]["device"][1]["device_ip"]
-        == sim.pods[pod_name("s16-vocaug", 1, 2)]["status"]["podIP"]
-    )
 
 
 def test_the_table_is_written_once_per_attempt():
@@ -316,23 +348,26 @@ def test_deleting_training_plans_nothing():
 def test_dynamic_cluster_has_a_scheduler_pod_and_no_table():
     sim = Sim(training_obj(launcher="dynamicCluster", npuResource="", workers=2))
     first = sim.step()
-    assert kinds(first) == ["Create:Service"] + ["Create:Pod"] * 3
+    assert kinds(first) == ["Create:Service"], "no pod before the Service's ClusterIP is known"
+    assert first.requeue_after is not None
+    second = sim.step()
+    assert kinds(second) == ["Create:Pod"] * 3
     assert sim.configmap is None
+    svc = sim.service["spec"]
+    assert svc["type"] == "ClusterIP" and svc["selector"]["deeplab.io/role"] == "scheduler"
     sched = sim.pods[pod_name("s16-vocaug", 1, None)]
-    env = {e["name"]: e.get("value") for e in sched["spec"]["containers"][0]["env"]}
-    assert (
-        env["MS_ROLE"] == "MS_SCHED"
-        and env["MS_SCHED_HOST"] == f"{pod_name('s16-vocaug', 1, None)}.voc.ns.svc"
-    )
+    env = {e["name"]: e for e in sched["spec"]["containers"][0]["env"]}
+    assert env["MS_ROLE"]["value"] == "MS_SCHED"
+    # MindSpore wants an IP: the scheduler listens on its own pod IP, workers dial the Service's ClusterIP
+    assert env["MS_SCHED_HOST"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     worker_env = {
         e["name"]: e.get("value")
         for e in sim.pods[pod_name("s16-vocaug", 1, 1)]["spec"]["containers"][0]["env"]
     }
+    assert worker_env["MS_SCHED_HOST"] == CLUSTER_IP
     assert worker_env["MS_ROLE"] == "MS_WORKER" and worker_env["MS_NODE_ID"] == "1"
+    assert worker_env["MS_NODE_RANK"] == "1" and worker_env["MS_LOCAL_WORKER"] == "1"
     assert worker_env["MS_WORKER_NUM"] == "2" and worker_env["MS_SERVER_NUM"] == "0"
-    assert (
-        sched["spec"]["hostname"] == pod_name("s16-vocaug", 1, None) and sched["spec"]["subdomain"] == "voc"
-    )
     assert (
         "resources" not in sched["spec"]["containers"][0] or not sched["spec"]["containers"][0]["resources"]
     )

@@ -216,8 +216,10 @@ def test_the_plan_survives_garbage_in_annotations_and_the_rank_table(garbage):
     for pod in sim.current():
         pod["metadata"]["annotations"] = {DEVICE_ANNOTATION: garbage}
     sim.settle()
-    table, _ = sim.table()
-    assert [d["device_id"] for d in table["server_list"][0]["device"]] == ["0", "1"]  # the fallback
+    assert sim.table()[0] == {"status": "initializing"}, "NPU workers wait for a usable allocation"
+    waiting = next(c for c in sim.status["conditions"] if c["type"] == "PodsPending")
+    assert waiting["reason"] == "WaitingForDeviceAllocation"
+    assert_storable(sim.status)
     sim.configmap["data"]["ranks.json"] = garbage
     sim.step()
     assert_storable(sim.status)
@@ -263,6 +265,7 @@ def test_events_are_cleaned_and_bounded_where_they_leave():
 
 
 # -- properties -------------------------------------------------------------------------------------
+@settings(deadline=None)  # 40,000-character inputs: time varies with the machine's load, not the code
 @given(text=any_text, limit=st.integers(4, 2_000))
 def test_clean_text_is_printable_bounded_utf8_and_idempotent(text, limit):
     cleaned = progress.clean_text(text, limit)

@@ -71,21 +71,18 @@ def test_ranks_are_0_to_n_minus_1_unique_contiguous_per_server_and_every_pod_onc
     listed = [int(d["rank_id"]) for s in table["server_list"] for d in s["device"]]
     assert listed == list(range(len(workers))), "in table order: 0..N-1, so contiguous per server"
 
-    # one server entry per node, and each pod sits in its own node's entry under its own rank
-    by_host = {w.name: w.host_ip for w in workers}
-    assert table["server_count"] == str(len(table["server_list"])) == str(len(set(by_host.values())))
-    assert len({s["server_id"] for s in table["server_list"]}) == len(table["server_list"])
-    for server in table["server_list"]:
-        members = [
-            name for name, rank in ranks.items() if str(rank) in {d["rank_id"] for d in server["device"]}
-        ]
-        assert {by_host[name] for name in members} == {server["server_id"]}
-        assert len(members) == len(server["device"])
+    # MindX's layout: one server entry per pod, in rank order, each holding that pod's one device
+    assert table["server_count"] == str(len(table["server_list"])) == str(len(workers))
+    by_name = {w.name: w for w in workers}
+    for position, server in enumerate(table["server_list"]):
+        (name,) = [n for n, rank in ranks.items() if rank == position]
+        assert server["container_ip"] == by_name[name].pod_ip
+        ipaddress.ip_address(server["server_id"])  # the annotation's server_id if an IP, else the node's
+        assert [d["rank_id"] for d in server["device"]] == [str(position)]
         # device fields are what HCCL can use, whatever the annotation said
         for device in server["device"]:
             assert device["device_id"].isdigit() and device["device_id"].isascii()
             ipaddress.ip_address(device["device_ip"])
-        assert len({d["device_id"] for d in server["device"]}) >= 1
 
     # the version-1.0 shape: every value a string, status completed
     assert table["version"] == "1.0" and table["status"] == "completed"
@@ -94,7 +91,7 @@ def test_ranks_are_0_to_n_minus_1_unique_contiguous_per_server_and_every_pod_onc
         assert all(isinstance(v, str) for d in server["device"] for v in d.values())
 
     # what the launcher reads back is the same table and map
-    data = ranktable.configmap_data("uid.s.1", table, ranks)
+    data = ranktable.configmap_data("uid.s.1", table, ranks, stamp=1767268800)
     assert ranktable.read_configmap(data) == ("uid.s.1", True, ranks)
     assert json.loads(data[ranktable.TABLE_KEY]) == table
 

@@ -17,7 +17,8 @@ SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
 
 def pod(obj=None, index=0, attempt=1, name=None):
     t = Training.from_obj(obj or training_obj())
-    return resources.desired_pods(t, index, attempt)[name or pod_name("s16-vocaug", 1, 0)]
+    ctx = resources.PodContext(sched_ip="10.96.0.10")
+    return resources.desired_pods(t, index, attempt, ctx)[name or pod_name("s16-vocaug", 1, 0)]
 
 
 def flags(command: list[str]) -> dict[str, list[str]]:
@@ -34,7 +35,9 @@ def test_worker_pod_shape():
     p = pod()
     spec, container = p["spec"], p["spec"]["containers"][0]
     assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
-    assert spec["hostname"] == pod_name("s16-vocaug", 1, 0) and spec["subdomain"] == "voc"
+    assert "hostname" not in spec and "subdomain" not in spec, "no DNS: MindSpore gets IPs"
+    assert container["name"] == "ascend", "the container MindX's tooling looks for"
+    assert p["metadata"]["annotations"] == {"hccl/rankIndex": "0"}
     assert p["metadata"]["ownerReferences"][0]["controller"] is True
     assert p["metadata"]["labels"] == {
         "deeplab.io/training": "voc",
@@ -43,6 +46,11 @@ def test_worker_pod_shape():
         "deeplab.io/attempt": "1",
         "deeplab.io/role": "worker",
         "deeplab.io/rank": "0",
+        "framework": "mindspore",
+        "job-name": "voc",
+        "replica-type": "worker",
+        "replica-index": "0",
+        "ring-controller.atlas": "ascend-910",
     }
     assert container["resources"] == {
         "limits": {"huawei.com/Ascend910": "1"},
@@ -110,7 +118,8 @@ def test_cpu_workers_and_template_patch():
     assert container["resources"] == {"requests": {"cpu": "4", "memory": "8Gi"}}
     assert p["spec"]["nodeSelector"] == {"pool": "cpu"} and p["spec"]["tolerations"][0]["key"] == "dedicated"
     assert container["env"][-1] == {"name": "ONEDNN_MAX_CPU_ISA", "value": "AVX2"}
-    assert p["metadata"]["annotations"] == {"team": "vision"}
+    assert p["metadata"]["annotations"] == {"team": "vision", "hccl/rankIndex": "0"}
+    assert "ring-controller.atlas" not in p["metadata"]["labels"], "CPU pods are not Atlas pods"
     f = flags(container["command"])
     assert f["--device_target"] == ["CPU"] and "--is_distributed" not in f
 

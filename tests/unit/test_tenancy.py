@@ -35,8 +35,13 @@ def test_a_foreign_rank_table_configmap_stops_the_training_and_is_never_written(
 
 
 def test_an_unowned_service_of_the_same_name_stops_the_training():
-    sim = Sim()
-    sim.service = {"kind": "Service", "metadata": {"name": "voc", "namespace": "ns"}}
+    theirs = {"kind": "Service", "metadata": {"name": "voc", "namespace": "ns"}}
+    table_only = Sim()  # a rankTable training has no Service: the name is not its business
+    table_only.service = theirs
+    table_only.settle()
+    assert table_only.status["phase"] == "Pending" and table_only.pods
+    sim = Sim(training_obj(launcher="dynamicCluster", npuResource=""))
+    sim.service = theirs
     sim.step()
     assert failed(sim) == ("Failed", plan.REASON_NAME_CONFLICT)
     assert "Service voc" in sim.status["message"] and "no owner" in sim.status["message"]
@@ -53,7 +58,10 @@ def test_a_foreign_podgroup_stops_a_gang_training():
 def test_our_own_children_are_not_a_conflict():
     sim = Sim()
     sim.settle()
-    assert sim.status["phase"] == "Pending" and sim.configmap is not None and sim.service is not None
+    assert sim.status["phase"] == "Pending" and sim.configmap is not None
+    dynamic = Sim(training_obj(launcher="dynamicCluster", npuResource=""))
+    dynamic.settle()
+    assert dynamic.status["phase"] == "Pending" and dynamic.service is not None and dynamic.pods
 
 
 def test_a_create_that_meets_a_foreign_pod_stops_the_training_and_frees_our_pods():
@@ -117,15 +125,17 @@ def test_stamped_pods_equal_pods_built_one_by_one_and_share_the_template():
     template = {"env": [{"name": "BIG", "value": "x" * 4000}], "annotations": {"a": "b" * 4000}}
     for launcher in ("rankTable", "dynamicCluster"):
         t = Training.from_obj(training_obj(workers=8, launcher=launcher, template=template))
-        pods = resources.desired_pods(t, 0, 1)
+        ctx = resources.PodContext(sched_ip="10.96.0.10")
+        pods = resources.desired_pods(t, 0, 1, ctx)
         assert len(pods) == resources.pod_count(t)
         for name, pod in pods.items():
             labels = pod["metadata"]["labels"]
             role, rank = labels[names.LABEL_ROLE], labels.get(names.LABEL_RANK)
-            alone = resources._pod(t, 0, 1, name, role, int(rank) if rank is not None else None)
+            alone = resources._pod(t, 0, 1, name, role, int(rank) if rank is not None else None, ctx)
             assert pod == alone, name
         first, second = (pods[names.worker_name("voc", UID, t.spec.stages[0].name, 1, r)] for r in (0, 1))
-        assert first["metadata"]["annotations"] is second["metadata"]["annotations"]
+        # each pod has its own hccl/rankIndex, but the template's values are shared, not copied
+        assert first["metadata"]["annotations"]["a"] is second["metadata"]["annotations"]["a"]
         assert first["spec"]["volumes"] is second["spec"]["volumes"]
         big = next(e for e in second["spec"]["containers"][0]["env"] if e["name"] == "BIG")
         assert big is next(e for e in first["spec"]["containers"][0]["env"] if e["name"] == "BIG")
