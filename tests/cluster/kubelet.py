@@ -24,6 +24,7 @@ from controller.ranktable import DEVICE_ANNOTATION
 from envtest.plane import free_port
 
 SA_USER = "system:serviceaccount:deeplab-system:deeplab-operator"
+TWO_HOSTS = ("172.16.0.1", "172.16.0.2")
 MERGE = "application/merge-patch+json"
 
 
@@ -145,6 +146,18 @@ class Kubelet:
         for pod in pods:
             self.patch_status(pod["metadata"]["name"], {"phase": "Running"})
 
+    def run_attempt(self, training: str, attempt: int = 1, hosts: tuple[str, ...] = TWO_HOSTS) -> list[dict]:
+        """Wait for the attempt's worker pods, place them (device plugin included) and wait for Running."""
+
+        def created():
+            pods = self.pods(training, attempt=str(attempt))
+            return len(pods) == len(hosts) and pods
+
+        pods = wait_for(f"attempt {attempt}'s pods", created)
+        self.place(pods, list(hosts))
+        wait_for("Running", lambda: self.status(training).get("phase") == "Running")
+        return pods
+
     def terminate(self, pod: str, code: int, message: str = "", reason: str | None = None) -> None:
         self.patch_status(pod, terminated_status(code, message, reason))
 
@@ -202,6 +215,12 @@ def training_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": namespace},
         "spec": body,
     }
+
+
+def one_stage_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    """A two-worker, one-stage training (spec fields may override both)."""
+    stages = [{"name": "only", "dataFile": "d.mindrecord0", "epochs": 2}]
+    return training_manifest(name, namespace, **{"workers": 2, "stages": stages, **spec})
 
 
 def apply(kubectl, manifest: dict[str, Any]) -> None:

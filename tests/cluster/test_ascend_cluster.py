@@ -9,33 +9,16 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kubelet import apply, terminated_status, training_manifest, wait_for
+from kubelet import TWO_HOSTS, apply, one_stage_manifest, terminated_status, wait_for
 from kubernetes import client
 
 pytestmark = pytest.mark.cluster
 
-HOSTS = ["172.16.0.1", "172.16.0.2"]
-
-
-def one_stage(name: str, ns: str, **spec) -> dict:
-    stages = [{"name": "only", "dataFile": "d.mindrecord0", "epochs": 2}]
-    return training_manifest(name, ns, **{"workers": 2, "stages": stages, **spec})
+HOSTS = list(TWO_HOSTS)
 
 
 def condition(kubelet, name: str, kind: str) -> dict:
     return next((c for c in kubelet.status(name).get("conditions") or [] if c["type"] == kind), {})
-
-
-def running_attempt(kubelet, name: str, attempt: int = 1) -> list[dict]:
-    pods = wait_for(
-        "worker pods",
-        lambda: (
-            len(kubelet.pods(name, attempt=str(attempt))) == 2 and kubelet.pods(name, attempt=str(attempt))
-        ),
-    )
-    kubelet.place(pods, HOSTS)
-    wait_for("Running", lambda: kubelet.status(name).get("phase") == "Running")
-    return pods
 
 
 @pytest.fixture
@@ -59,7 +42,7 @@ def nodes(admin, kubelet, kubectl) -> Iterator[callable]:
 
 
 def test_npu_workers_wait_for_the_device_plugin_then_get_mindx_s_table(controller, kubelet, kubectl):
-    apply(kubectl, one_stage("alloc", kubelet.ns))
+    apply(kubectl, one_stage_manifest("alloc", kubelet.ns))
     pods = wait_for("2 pods", lambda: len(kubelet.pods("alloc")) == 2 and kubelet.pods("alloc"))
     assert [p["metadata"]["annotations"]["hccl/rankIndex"] for p in pods] == ["0", "1"]
     assert {p["spec"]["containers"][0]["name"] for p in pods} == {"ascend"}
@@ -100,7 +83,7 @@ def test_npu_workers_wait_for_the_device_plugin_then_get_mindx_s_table(controlle
 
 
 def test_two_npus_per_pod_one_pod_per_server(controller, kubelet, kubectl):
-    apply(kubectl, one_stage("multi", kubelet.ns, workers=4, npusPerPod=2))
+    apply(kubectl, one_stage_manifest("multi", kubelet.ns, workers=4, npusPerPod=2))
     pods = wait_for("2 pods for 4 ranks", lambda: len(kubelet.pods("multi")) == 2 and kubelet.pods("multi"))
     limits = pods[0]["spec"]["containers"][0]["resources"]["limits"]
     assert limits == {"huawei.com/Ascend910": "2"}
@@ -119,13 +102,13 @@ def test_two_npus_per_pod_one_pod_per_server(controller, kubelet, kubectl):
 
 def test_refused_odd_npus_per_pod(kubelet, kubectl, operator_installed):
     refused = kubectl(
-        "apply", "-f", "-", stdin=json.dumps(one_stage("odd", kubelet.ns, workers=3, npusPerPod=2))
+        "apply", "-f", "-", stdin=json.dumps(one_stage_manifest("odd", kubelet.ns, workers=3, npusPerPod=2))
     )
     assert refused.returncode != 0 and "npusPerPod" in refused.stderr
 
 
 def test_dynamic_cluster_workers_dial_the_scheduler_by_cluster_ip(controller, kubelet, kubectl):
-    apply(kubectl, one_stage("dyn", kubelet.ns, launcher="dynamicCluster", npuResource=""))
+    apply(kubectl, one_stage_manifest("dyn", kubelet.ns, launcher="dynamicCluster", npuResource=""))
     pods = wait_for("3 pods", lambda: len(kubelet.pods("dyn")) == 3 and kubelet.pods("dyn"))
     svc = json.loads(kubectl("get", "service", "dyn", "-n", kubelet.ns, "-o", "json").stdout)
     ip = svc["spec"]["clusterIP"]
@@ -142,8 +125,8 @@ def test_dynamic_cluster_workers_dial_the_scheduler_by_cluster_ip(controller, ku
 
 
 def test_an_eviction_through_the_eviction_api_does_not_use_up_backoff(controller, kubelet, kubectl, admin):
-    apply(kubectl, one_stage("evicted", kubelet.ns, backoffLimit=0))
-    pods = running_attempt(kubelet, "evicted")
+    apply(kubectl, one_stage_manifest("evicted", kubelet.ns, backoffLimit=0))
+    pods = kubelet.run_attempt("evicted")
     victim = pods[1]["metadata"]["name"]
     body = {
         "apiVersion": "policy/v1",
@@ -160,8 +143,8 @@ def test_an_eviction_through_the_eviction_api_does_not_use_up_backoff(controller
 
 def test_a_fail_training_rule_stops_at_once(controller, kubelet, kubectl):
     rules = [{"action": "FailTraining", "onExitCodes": {"values": [137]}}]
-    apply(kubectl, one_stage("ruled", kubelet.ns, backoffLimit=5, failurePolicy={"rules": rules}))
-    pods = running_attempt(kubelet, "ruled")
+    apply(kubectl, one_stage_manifest("ruled", kubelet.ns, backoffLimit=5, failurePolicy={"rules": rules}))
+    pods = kubelet.run_attempt("ruled")
     kubelet.terminate(pods[0]["metadata"]["name"], 137, "", reason="OOMKilled")
     wait_for("Failed", lambda: kubelet.status("ruled").get("phase") == "Failed")
     status = kubelet.status("ruled")
@@ -170,8 +153,8 @@ def test_a_fail_training_rule_stops_at_once(controller, kubelet, kubectl):
 
 
 def test_a_worker_with_an_hccl_error_keeps_the_next_attempt_off_its_node(controller, kubelet, kubectl, nodes):
-    apply(kubectl, one_stage("hccl", kubelet.ns))
-    pods = running_attempt(kubelet, "hccl")
+    apply(kubectl, one_stage_manifest("hccl", kubelet.ns))
+    pods = kubelet.run_attempt("hccl")
     bad, good = nodes(), nodes()
     kubelet.bind(pods[0]["metadata"]["name"], good)
     kubelet.bind(pods[1]["metadata"]["name"], bad)
@@ -207,8 +190,8 @@ def test_the_device_plugins_health_report_in_kube_system_marks_a_node(
     }
     core.create_namespaced_config_map("kube-system", cm, _preload_content=False)
     try:
-        apply(kubectl, one_stage("sick", kubelet.ns))
-        pods = running_attempt(kubelet, "sick")
+        apply(kubectl, one_stage_manifest("sick", kubelet.ns))
+        pods = kubelet.run_attempt("sick")
         kubelet.bind(pods[0]["metadata"]["name"], sick)
         kubelet.patch_status(pods[0]["metadata"]["name"], terminated_status(139, "Segmentation fault"))
         wait_for("attempt 2", lambda: kubelet.status("sick").get("attempt") == 2)
@@ -228,7 +211,7 @@ def test_a_rank_0_that_stops_printing_progress_is_hung(controller, kubelet, kube
     node = f"node-{kubelet.ns}"
     try:
         fake.register_node(admin, node)
-        apply(kubectl, one_stage("stuck", kubelet.ns, progressTimeoutSeconds=4))
+        apply(kubectl, one_stage_manifest("stuck", kubelet.ns, progressTimeoutSeconds=4))
         pods = wait_for("pods", lambda: len(kubelet.pods("stuck")) == 2 and kubelet.pods("stuck"))
         for pod in pods:
             kubelet.bind(pod["metadata"]["name"], node)
