@@ -14,8 +14,10 @@ from typing import Any
 
 from controller import names
 from controller.api import Training
+from controller.kube import Conflict, NameTaken
 from controller.plan import Create, Delete, DeleteTraining, Observed, Plan, ReplaceConfigMap, plan
 from controller.ranktable import DEVICE_ANNOTATION
+from controller.resources import describe_owner, owned_by
 
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -79,6 +81,7 @@ class Sim:
         self.now = START
         self.history: list[Plan] = []
         self.cm_writes = 0
+        self.conflicts: list[str] = []
 
     @property
     def status(self) -> dict[str, Any]:
@@ -100,32 +103,21 @@ class Sim:
         )
         result = plan(self.training(), observed, self.now)
         self.obj["status"] = result.status
-        for action in result.actions:
-            self.apply(action)
         self.history.append(result)
+        try:
+            for action in result.actions:
+                self.apply(action)
+        except Conflict as conflict:  # the runtime re-reads and plans again; the rest is not applied
+            self.conflicts.append(str(conflict))
         return result
 
     def apply(self, action) -> None:
+        """What the API server (through controller/kube.py) does with an action, refusals included:
+        a create meets an existing object (409: kept as it is; the controller stops if it is not the
+        training's: NameTaken), a replace with a stale resourceVersion is a Conflict, a delete of a
+        missing object or with another uid is a no-op (404/409 are ignored by the controller)."""
         if isinstance(action, Create):
-            manifest = copy.deepcopy(action.manifest)
-            kind, name = manifest["kind"], manifest["metadata"]["name"]
-            if kind == "Pod":
-                if name in self.pods:
-                    return  # AlreadyExists
-                manifest["metadata"]["uid"] = uuid.uuid4().hex
-                manifest["status"] = {"phase": "Pending"}
-                self.pods[name] = manifest
-            elif kind == "ConfigMap":
-                manifest["metadata"]["resourceVersion"] = "1"
-                self.configmap = manifest
-                self.cm_writes += 1
-            elif kind == "Service":
-                manifest["metadata"]["uid"] = uuid.uuid4().hex
-                if manifest["spec"].get("clusterIP") != "None":  # the API server allocates the virtual IP
-                    manifest["spec"]["clusterIP"] = CLUSTER_IP
-                self.service = manifest
-            elif kind == "PodGroup":
-                self.podgroup = manifest
+            self.create(copy.deepcopy(action.manifest))
         elif isinstance(action, Delete) and action.kind == "Service":
             if self.service is not None and self.service["metadata"].get("uid") == action.uid:
                 self.service = None
@@ -134,14 +126,44 @@ class Sim:
             if pod is not None and pod["metadata"]["uid"] == action.uid:
                 del self.pods[action.name]
         elif isinstance(action, ReplaceConfigMap):
-            assert self.configmap is not None
-            assert action.resource_version == self.configmap["metadata"]["resourceVersion"], "stale write"
+            if (
+                self.configmap is None
+                or action.resource_version != self.configmap["metadata"]["resourceVersion"]
+            ):
+                raise Conflict(f"configmap {action.manifest['metadata']['name']}: stale resourceVersion")
             manifest = copy.deepcopy(action.manifest)
             manifest["metadata"]["resourceVersion"] = str(int(action.resource_version) + 1)
             self.configmap = manifest
             self.cm_writes += 1
         elif isinstance(action, DeleteTraining):
             self.deleted_training = True
+
+    def create(self, manifest: dict[str, Any]) -> None:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        existing = {
+            "Pod": self.pods.get(name),
+            "ConfigMap": self.configmap,
+            "Service": self.service,
+            "PodGroup": self.podgroup,
+        }[kind]
+        if existing is not None:  # AlreadyExists: the server keeps the old object
+            if not owned_by(existing, self.obj["metadata"]["uid"]):
+                raise NameTaken(kind, name, describe_owner(existing))
+            return
+        manifest["metadata"]["uid"] = uuid.uuid4().hex
+        manifest["metadata"]["resourceVersion"] = "1"
+        if kind == "Pod":
+            manifest["status"] = {"phase": "Pending"}
+            self.pods[name] = manifest
+        elif kind == "ConfigMap":
+            self.configmap = manifest
+            self.cm_writes += 1
+        elif kind == "Service":
+            if manifest["spec"].get("clusterIP") != "None":  # the API server allocates the virtual IP
+                manifest["spec"]["clusterIP"] = CLUSTER_IP
+            self.service = manifest
+        else:
+            self.podgroup = manifest
 
     def settle(self, limit: int = 10) -> Plan:
         """Reconcile until nothing is left to do (what the work queue achieves)."""
