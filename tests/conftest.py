@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,46 @@ from envtest.binaries import BinariesUnavailable, ensure_binaries
 from envtest.plane import ControlPlane, ControlPlaneError
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# Every test belongs to exactly one group (README "Tests"): what it really runs against.
+GROUPS = {
+    "node": "the real one-node cluster (kubelet, containerd, images)",
+    "cluster": "the real API server (etcd + kube-apiserver), the controller under its RBAC",
+    "mindspore": "real MindSpore on CPU",
+    "unit": "pure logic: no server, no MindSpore",
+}
+SERVER_FIXTURES = {"control_plane"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Give unmarked tests the `unit` group, refuse a test in two groups, and refuse a `unit` test that
+    starts the control plane: the group counts `make test` prints must be true."""
+    problems = []
+    for item in items:
+        groups = [name for name in GROUPS if item.get_closest_marker(name)]
+        if not groups:
+            item.add_marker(pytest.mark.unit)
+            groups = ["unit"]
+        if len(groups) > 1:
+            problems.append(f"{item.nodeid}: in more than one group {groups}")
+        if groups == ["unit"] and SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            problems.append(f"{item.nodeid}: uses the control plane but is not marked cluster or node")
+        item.user_properties.append(("group", groups[0]))
+    if problems:
+        raise pytest.UsageError("test groups: " + "; ".join(problems))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per group: how many of its tests passed, failed or were skipped."""
+    counts: dict[str, Counter] = {name: Counter() for name in GROUPS}
+    for outcome in ("passed", "failed", "skipped", "error", "xfailed", "xpassed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            group = dict(getattr(report, "user_properties", ())).get("group")
+            if group and (report.when == "call" or outcome in ("skipped", "error")):
+                counts[group][outcome] += 1
+    terminalreporter.section("tests by group")
+    for name, description in GROUPS.items():
+        found = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts[name].items())) or "none ran"
+        terminalreporter.write_line(f"{name:9} {found}  ({description})")
 
 
 @pytest.fixture(scope="session")
