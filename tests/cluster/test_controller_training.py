@@ -6,7 +6,7 @@ import time
 import urllib.request
 
 import pytest
-from kubelet import SA_USER, apply, result_message, training_manifest, wait_for
+from kubelet import apply, result_message, training_manifest, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -183,24 +183,6 @@ def test_deleted_children_come_back_and_deleting_the_training_removes_everything
 
     # the GC discovers a new CRD on its next sync (up to ~30s after install): generous timeout
     wait_for("the garbage collector to remove every child", lambda: not leftovers(), timeout=75)
-
-
-def test_least_privilege_rbac(kubectl):
-    def can(verb, resource, ns="default", *extra):
-        return (
-            kubectl("auth", "can-i", verb, resource, "-n", ns, *extra, as_user=SA_USER).stdout.strip()
-            == "yes"
-        )
-
-    assert (
-        can("create", "pods") and can("delete", "pods") and can("get", "pods", "default", "--subresource=log")
-    )
-    assert can("update", "deeplabtrainings.deeplab.io", "default", "--subresource=status") and can(
-        "create", "configmaps"
-    )
-    assert can("update", "leases", "deeplab-system")
-    assert not can("update", "pods") and not can("get", "secrets") and not can("list", "configmaps")
-    assert not can("update", "deeplabtrainings") and not can("create", "leases")
 
 
 def test_health_readiness_and_metrics(controller, kubelet, kubectl):

@@ -322,8 +322,8 @@ def test_soak_twenty_trainings_with_faults_and_leader_kills(
         def remaining():
             return [
                 kind
-                for kind in ("pods", "services")
-                if kubectl("get", kind, "-n", ns, "-o", "name").stdout.strip()
+                for kind in ("pods", "services", "configmaps")
+                if kubectl("get", kind, "-n", ns, "-l", names.LABEL_TRAINING, "-o", "name").stdout.strip()
             ]
 
         wait_for("the garbage collector removes every child", lambda: not remaining(), timeout=60)

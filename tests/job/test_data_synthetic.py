@@ -40,7 +40,8 @@ def test_lists_images_and_labels_are_well_formed(synthetic_set) -> None:
         assert values <= {0, 1, 2, 3, IGNORE}
         assert IGNORE in values  # VOC-like ignore band around objects
         assert values & {1, 2, 3}  # every scene has an object
-    assert all((root / "images").glob("*.jpg")) and len(list((root / "images").glob("*.jpg"))) == 9
+    jpegs = list((root / "images").glob("*.jpg"))
+    assert len(jpegs) == 9 and all(path.stat().st_size > 0 for path in jpegs)
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path) -> None:

@@ -93,21 +93,6 @@ def test_controller_deployment_is_hardened():
         assert "limits" in container["resources"] and "memory" in container["resources"]["limits"]
 
 
-def test_rbac_never_grants_secrets_wildcards_or_escalation():
-    rules = [
-        rule
-        for doc in yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text())
-        if doc and doc["kind"] in ("ClusterRole", "Role")
-        for rule in doc["rules"]
-    ]
-    for rule in rules:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-        assert not {"secrets", "pods/exec", "pods/attach", "serviceaccounts/token"} & set(rule["resources"])
-        if "nodes" in rule["resources"]:  # fault-aware retry reads a node's health, by name
-            assert rule["resources"] == ["nodes"] and rule["verbs"] == ["get"]
-        assert not {"escalate", "bind", "impersonate", "patch"} & set(rule["verbs"])
-
-
 def test_the_deployments_policy_flags_parse_to_the_default_policy():
     """The Deployment's command line is the controller's: a typo in a flag would crash-loop the pod."""
     docs = list(yaml.safe_load_all((MANIFESTS / "deployment.yaml").read_text()))
