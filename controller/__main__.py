@@ -11,6 +11,10 @@ import sys
 import threading
 
 DEFAULT_LEASE_NAMESPACE = "deeplab-system"
+# Exit codes of `run`: 0 stopped by a signal; 1 lost the Lease (the Deployment restarts the replica);
+# 2 bad configuration: a bad flag, a busy health address, or no namespace to hold the Lease in.
+EXIT_LOST_LEASE = 1
+EXIT_CONFIG = 2
 # a namespace name is a DNS-1123 label
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -62,7 +66,13 @@ def _run_parser(parser: argparse.ArgumentParser) -> None:
         help="where /healthz, /readyz and /metrics listen: HOST:PORT, :PORT (every interface, IPv4 "
         "and IPv6), [IPV6]:PORT, or 0 for no server (default :8081)",
     )
-    parser.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="hold a Lease so only one replica reconciles (the Deployment passes it; default off, as for a "
+        "single controller run from a laptop)",
+    )
     parser.add_argument(
         "--lease-namespace", default=os.environ.get("POD_NAMESPACE") or DEFAULT_LEASE_NAMESPACE
     )
@@ -133,11 +143,14 @@ def run(args: argparse.Namespace) -> int:
         controller.start()  # the health server first: a port in use stops us before any other work
     except health.BindError as error:
         print(f"python -m controller: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     logging.getLogger("controller").info("started as %s", controller.identity)
     while not stopping.wait(0.5):
         if controller.lost_lease.is_set():
-            return 1  # never keep running without the Lease: exit, the Deployment restarts us
+            if controller.elector.fatal:  # e.g. no Lease namespace: retrying cannot help
+                print(f"python -m controller: error: {controller.elector.fatal}", file=sys.stderr)
+                return EXIT_CONFIG
+            return EXIT_LOST_LEASE  # never keep running without the Lease: exit, the Deployment restarts us
     controller.stop()
     return 0
 

@@ -24,6 +24,10 @@ from kubernetes.client.rest import ApiException
 log = logging.getLogger(__name__)
 
 
+class LeaseNamespaceMissing(RuntimeError):
+    """The Lease's namespace does not exist: a configuration error, not a reason to keep campaigning."""
+
+
 def _micro_time() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -47,6 +51,8 @@ class LeaderElector:
             retry_period,
         )
         self.is_leader = threading.Event()
+        self._renewed_at = 0.0  # monotonic time of the last successful acquire or renew
+        self.fatal = ""  # set when campaigning cannot succeed; the process exits with it as one line
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
 
@@ -107,6 +113,11 @@ class LeaderElector:
         except ApiException as error:
             if error.status == 409:
                 return False
+            if error.status == 404:  # a create answers 404 only for a missing namespace
+                raise LeaseNamespaceMissing(
+                    f"leader election: namespace {self.namespace!r} for Lease {self.name!r} does not exist "
+                    "(install manifests/ first, pass --lease-namespace, or run without --leader-elect)"
+                ) from None
             raise
         return True
 
@@ -114,29 +125,54 @@ class LeaderElector:
     def run(
         self, stop: threading.Event, on_started: Callable[[], None], on_stopped: Callable[[], None]
     ) -> None:
-        """Campaign until leader, then renew until ``stop`` or a lost Lease (which calls ``on_stopped``)."""
+        """Campaign until leader, then renew until ``stop`` or a lost Lease (which calls ``on_stopped``).
+
+        A missing Lease namespace ends the campaign at once: ``fatal`` says why, ``on_stopped`` is called.
+        """
         while not stop.is_set():
-            if self._attempt():
-                break
+            try:
+                if self._attempt():
+                    break
+            except LeaseNamespaceMissing as error:
+                self.fatal = str(error)
+                log.error("%s", error)
+                on_stopped()
+                return
             stop.wait(self.retry_period)
         if stop.is_set():
             return
         log.info("leader election: %s acquired lease %s/%s", self.identity, self.namespace, self.name)
+        self._renewed_at = time.monotonic()
         self.is_leader.set()
         on_started()
-        last_renew = time.monotonic()
         while not stop.wait(self.retry_period):
             if self._attempt():
-                last_renew = time.monotonic()
-            elif time.monotonic() - last_renew > self.renew_deadline:
+                self._renewed_at = time.monotonic()
+            elif time.monotonic() - self._renewed_at > self.renew_deadline:
                 log.error("leader election: %s lost lease %s/%s", self.identity, self.namespace, self.name)
                 self.is_leader.clear()
                 on_stopped()
                 return
 
+    def leading(self) -> bool:
+        """May this replica write now? Only within ``renew_deadline`` of its last successful renew.
+
+        The renew loop notices a lost Lease at its next tick; a replica that was paused (SIGSTOP, a long
+        GC, a frozen VM) past the Lease's expiry wakes with reconciles in flight, and another replica
+        may lead by then. Every write asks this first (controller/runtime.py), so none of them lands.
+        """
+        return self.is_leader.is_set() and time.monotonic() - self._renewed_at < self.renew_deadline
+
     def _attempt(self) -> bool:
         try:
             return self.try_acquire_or_renew()
+        except LeaseNamespaceMissing:
+            raise
+        except ApiException as error:  # one line, not the response's headers and body
+            log.warning(
+                "leader election: %s %s on Lease %s/%s", error.status, error.reason, self.namespace, self.name
+            )
+            return False
         except Exception as error:  # the API server may be briefly away; keep campaigning
             log.warning("leader election: %s", error)
             return False

@@ -113,14 +113,18 @@ def _is_pod_create(action) -> bool:
     return isinstance(action, Create) and action.manifest["kind"] == "Pod"
 
 
+class NotLeading(RuntimeError):
+    """A write by a replica whose Lease may have expired (paused, cut off): never sent."""
+
+
 class Controller:
     def __init__(self, api_client_, options: Options | None = None):
         self.options = options or Options()
         self.identity = self.options.identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        # the replica's name in every request's User-Agent: the API server's audit log tells replicas apart
+        api_client_.user_agent = f"deeplab-operator/{self.identity}"
         self.metrics = Metrics(self)
-        self.kube = kube.Kube(
-            api_client_, on_write=lambda verb, res: self.metrics.writes.labels(verb, res).inc()
-        )
+        self.kube = kube.Kube(api_client_, on_write=self._before_write)
         self.queue = WorkQueue()
         self.stop_event = threading.Event()
         self.lost_lease = threading.Event()
@@ -183,6 +187,12 @@ class Controller:
     def trainings_snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._trainings.values())
+
+    def _before_write(self, verb: str, resource: str) -> None:
+        """Every write goes through here: fenced when leader election is on and the Lease may be gone."""
+        if self.options.leader_elect and not self.elector.leading():
+            raise NotLeading(f"{verb} {resource} refused: {self.identity} no longer holds the Lease")
+        self.metrics.writes.labels(verb, resource).inc()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -262,6 +272,9 @@ class Controller:
         started = time.monotonic()
         try:
             requeue = self.reconcile(key)
+        except NotLeading as error:
+            log.warning("reconcile %s/%s: %s", *key, error)
+            self.metrics.reconciles.labels("fenced").inc()
         except kube.Conflict as error:
             log.info("reconcile %s/%s: %s; retrying", *key, error)
             self.metrics.reconciles.labels("conflict").inc()
