@@ -148,6 +148,7 @@ class LRType(str, Enum):
 
 class Gang(str, Enum):
     VOLCANO = "volcano"
+    KUEUE = "kueue"
 
 
 class RankTableVersion(str, Enum):
@@ -506,9 +507,15 @@ _SPEC_RULES = _cel(
         ".npusPerPod",
     ),
     (
-        "!has(self.gang) || !has(self.schedulerName) || self.schedulerName == 'volcano'",
+        "!has(self.gang) || self.gang != 'volcano' || !has(self.schedulerName) || "
+        "self.schedulerName == 'volcano'",
         "gang: volcano needs schedulerName volcano (or leave schedulerName unset)",
         ".schedulerName",
+    ),
+    (
+        "!has(self.gang) || self.gang != 'kueue' || has(self.queue)",
+        "gang: kueue needs queue, the LocalQueue of the training's namespace",
+        ".queue",
     ),
 )
 
@@ -539,8 +546,10 @@ class DeepLabTrainingSpec(Model):
     npus_per_pod: Literal[1, 2, 4, 8] = 1
     """Ranks per worker pod: 1 (one pod per NPU) or 2/4/8 (one pod per server holding its NPUs, MindX's
     Atlas 800 layout); the pod's launcher starts one training process per NPU."""
-    npus_per_server: int = Field(default=8, ge=1, le=64)
-    """NPUs per server: the rank table groups ranks per server."""
+    npus_per_server: Literal[1, 2, 4, 8] = 8
+    """NPUs each server gives the training (Atlas 800: 1, 2, 4 or 8, the same on every server). The
+    ranks of one server land on one node and different servers on different nodes (pod affinity); with
+    2 or 4, their NPUs lie in one HCCS ring (0-3 or 4-7)."""
     npu_resource: str = Field(
         default=DEFAULT_NPU_RESOURCE,
         max_length=QUALIFIED_NAME_MAX,
@@ -587,7 +596,10 @@ class DeepLabTrainingSpec(Model):
     scheduler_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
     """Scheduler of the pods (default: the cluster's default scheduler; volcano with gang)."""
     gang: Gang | None = None
-    """volcano: create a Volcano PodGroup so all workers are scheduled together or not at all."""
+    """All of an attempt's pods are admitted together or not at all. volcano: a Volcano PodGroup
+    (schedulerName volcano); kueue: one Kueue pod group per attempt, queued in `queue`."""
+    queue: str | None = Field(default=None, max_length=63, pattern=DNS_LABEL)
+    """kueue: the LocalQueue (in the training's namespace); volcano: the Volcano queue of the PodGroup."""
     template: PodTemplatePatch | None = None
     """Node selection, tolerations, resources, environment, labels and annotations of every pod."""
 

@@ -132,7 +132,7 @@ class Kube:
                 )
             )
         podgroup = None
-        if t.spec.gang is not None:
+        if t.spec.gang == api.Gang.VOLCANO:
             podgroup = self._get(
                 lambda: self.custom.get_namespaced_custom_object(
                     "scheduling.volcano.sh", "v1beta1", t.namespace, "podgroups", names.podgroup_name(t.name),

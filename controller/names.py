@@ -22,6 +22,7 @@ LABEL_STAGE = "deeplab.io/stage"
 LABEL_ATTEMPT = "deeplab.io/attempt"
 LABEL_RANK = "deeplab.io/rank"
 LABEL_ROLE = "deeplab.io/role"
+LABEL_SERVER = "deeplab.io/server"  # the Atlas server (group of npusPerServer ranks) a worker pod belongs to
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "deeplab-operator"
 

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from controller import faults, names, policy, progress, ranktable, resources
+from controller import faults, names, placement, policy, progress, ranktable, resources
 from controller.api import (
     FINISHED,
     AvoidedNode,
     Condition,
     DeepLabTrainingStatus,
     FailureAction,
+    Gang,
     Launcher,
     Phase,
     Progress,
@@ -40,6 +41,7 @@ COND_SUSPENDED = "Suspended"
 COND_SUCCEEDED = "Succeeded"
 COND_FAILED = "Failed"
 COND_PODS_PENDING = "PodsPending"
+COND_PLACEMENT = "PlacementValid"  # NPU workers: every server on its own node, chips within one ring
 REASON_NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object this training does not own
 REASON_POLICY = "PolicyViolation"  # the spec asks for more than the admin allows (controller/policy.py)
 REASON_WAITING_DEVICES = "WaitingForDeviceAllocation"  # a worker runs without the device plugin's annotation
@@ -485,9 +487,7 @@ class _Planner:
         if len(workers) == resources.worker_pods(self.t) and all(p.phase == "Succeeded" for p in workers):
             self.stage_succeeded(workers, pods)
             return
-        failure = self.failure(pods, launched)
-        if failure is None:
-            failure = self.hang(pods)
+        failure = self.failure(pods, launched) or self.hang(pods) or self.misplaced(pods, launched)
         if failure is not None:
             self.attempt_failed(failure, pods)
             return
@@ -680,7 +680,7 @@ class _Planner:
         t = self.t
         if self.dynamic:
             self.converge_service()
-        if t.spec.gang is not None and self.obs.podgroup is None:
+        if t.spec.gang == Gang.VOLCANO and self.obs.podgroup is None:
             self.actions.append(Create(resources.podgroup(t)))
         if t.spec.launcher == Launcher.RANK_TABLE:
             self.converge_table(pods)
@@ -720,16 +720,14 @@ class _Planner:
         ]
         if not ranktable.ready(workers, resources.worker_pods(self.t)):
             return
-        layout = ranktable.Layout(
-            npus_per_pod=self.t.spec.npus_per_pod,
-            devices_required=bool(self.t.spec.npu_resource),
-            version=self.t.spec.rank_table_version.value,
-        )
+        layout = self.layout()
         found = ranktable.allocations(workers, layout)
         if isinstance(found, str):
             self.device_wait = found  # reported through PodsPending (update_pending)
             return
         table, ranks = ranktable.build(workers, layout)
+        if resources.placed_by_server(self.t):
+            self.set_condition(COND_PLACEMENT, True, "Placed", "every server on its own node, as one group")
         stamp = int(self.now.timestamp())
         self.write_table(ranktable.configmap_data(self.st.attempt_id, table, ranks, stamp), cm)
         self.event(
@@ -737,6 +735,37 @@ class _Planner:
             f"stage {self.stage_text()}, attempt {self.st.attempt}: "
             f"{self.t.spec.workers} rank(s) in {table['server_count']} pod(s)",
         )
+
+    def layout(self) -> ranktable.Layout:
+        return ranktable.Layout(
+            npus_per_pod=self.t.spec.npus_per_pod,
+            devices_required=bool(self.t.spec.npu_resource),
+            version=self.t.spec.rank_table_version.value,
+        )
+
+    def misplaced(self, pods: list[PodInfo], launched: bool) -> Ending | None:
+        """Before the table is written: do the workers sit as Atlas servers need (controller/placement.py)?
+        A scheduler that ignored the affinity, or chips across two HCCS rings, would give HCCL a table it
+        refuses on every rank: restart the attempt instead, saying which rule broke and where pods are."""
+        if launched or self.t.spec.launcher != Launcher.RANK_TABLE or not resources.placed_by_server(self.t):
+            return None
+        current = [p for p in pods if p.role == names.ROLE_WORKER and not p.deleting]
+        workers = [ranktable.Worker(p.name, p.rank or 0, p.pod_ip, p.host_ip, p.annotation) for p in current]
+        if not ranktable.ready(workers, resources.worker_pods(self.t)):
+            return None
+        found = ranktable.allocations(workers, self.layout())
+        if isinstance(found, str):
+            return None  # still waiting for the device plugin
+        landed = [
+            placement.Landed(p.name, p.rank or 0, p.node or p.host_ip or "", found[p.name].device_ids())
+            for p in current
+        ]
+        spec = self.t.spec
+        why = placement.problems(landed, spec.npus_per_pod, spec.npus_per_server, bool(spec.npu_resource))
+        if not why:
+            return None
+        self.set_condition(COND_PLACEMENT, False, "PlacementRejected", why)
+        return Ending(f"invalid placement: {why}", reason="PlacementRejected")
 
     def write_table(self, data: dict[str, str], cm: dict[str, Any] | None) -> None:
         manifest = resources.configmap(self.t, data)

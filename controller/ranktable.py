@@ -72,6 +72,9 @@ class Allocation:
     super_pod_id: str | None
     devices: tuple[Device, ...]
 
+    def device_ids(self) -> tuple[int, ...]:
+        return tuple(int(d.device_id) for d in self.devices)
+
 
 def allocation_annotation(annotations: dict[str, str]) -> str | None:
     """The allocation from whichever key the device plugin used (the 910 key first, as MindX reads)."""

@@ -10,8 +10,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from controller import names, ranktable
-from controller.api import API_VERSION, KIND, Launcher, Stage, Training, VolumeSource
+from controller import names, placement, ranktable
+from controller.api import API_VERSION, KIND, Gang, Launcher, Stage, Training, VolumeSource
 
 DATA_MOUNT = "/data"
 CHECKPOINTS_MOUNT = "/checkpoints"
@@ -27,6 +27,11 @@ VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 # MindX's ascend-operator numbers a job's pods with this annotation; its rank-table generator reads it
 # (rank_id = rankIndex x devices per pod + index in the pod's device list).
 RANK_INDEX_ANNOTATION = "hccl/rankIndex"
+# Kueue's plain-pod integration (sigs.k8s.io/kueue pkg/controller/jobs/pod): a group of pods is one
+# Workload, admitted (its scheduling gates removed) only when the whole group fits the queue's quota.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_TOTAL_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 NON_ROOT_UID = 1000  # the CPU worker image's user (images/worker-cpu.Dockerfile)
 TERMINATION_GRACE_SECONDS = 60  # the job saves a checkpoint on SIGTERM before exiting 143
 
@@ -243,7 +248,7 @@ def _env(
     ]
     if rank is not None:
         env.append({"name": "DEEPLAB_WORKER_INDEX", "value": str(rank)})
-    volcano = t.spec.gang is not None or t.spec.scheduler_name == "volcano"
+    volcano = t.spec.gang == Gang.VOLCANO or t.spec.scheduler_name == "volcano"
     if role == names.ROLE_WORKER and t.spec.npu_resource and volcano:
         # Volcano's Ascend plugin writes the chips it chose into this annotation before the container
         # starts; MindX hands them to the Ascend Docker Runtime this way (ascend-operator env.go
@@ -307,6 +312,29 @@ def _avoid(nodes: tuple[str, ...]) -> dict[str, Any]:
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
 
 
+def placed_by_server(t: Training) -> bool:
+    """NPU workers are placed as Atlas servers need (controller/placement.py); CPU workers anywhere."""
+    return bool(t.spec.npu_resource)
+
+
+def server_affinity(t: Training, stage: str, attempt: int, server: int) -> dict[str, Any]:
+    """One server's pod (anti-)affinity (controller/placement.py), for this attempt's workers."""
+    selector = {
+        names.LABEL_TRAINING: names.training_label(t.name),
+        names.LABEL_STAGE: stage,
+        names.LABEL_ATTEMPT: str(attempt),
+        names.LABEL_ROLE: names.ROLE_WORKER,
+    }
+    per_server = t.spec.npus_per_server
+    servers = max(1, t.spec.workers // per_server)
+    return placement.affinity(selector, server, servers, max(1, per_server // t.spec.npus_per_pod))
+
+
+def kueue_group(t: Training, stage: str, attempt: int) -> str:
+    """The attempt's Kueue pod group: a new group (and Workload) for every attempt."""
+    return names.fit(f"{t.name}-{stage}", f"-{names.child_tag(t.uid, stage)}-a{attempt}")
+
+
 def _pod(
     t: Training, index: int, attempt: int, name: str, role: str, rank: int | None, ctx: PodContext
 ) -> dict[str, Any]:
@@ -315,10 +343,15 @@ def _pod(
     labels = {**(template.labels or {} if template else {}), **pod_labels(t, stage, attempt, role, rank)}
     meta = _metadata(t, name, labels)
     annotations = dict(template.annotations or {}) if template else {}
-    if t.spec.gang is not None:
+    if t.spec.gang == Gang.VOLCANO:
         annotations[VOLCANO_GROUP_ANNOTATION] = names.podgroup_name(t.name)
     if rank is not None:
         annotations[RANK_INDEX_ANNOTATION] = str(rank)
+    if t.spec.gang == Gang.KUEUE:
+        # Kueue's plain-pod integration: the attempt's pods are one group, admitted all at once
+        meta["labels"][KUEUE_QUEUE_LABEL] = str(t.spec.queue)
+        meta["labels"][KUEUE_GROUP_LABEL] = kueue_group(t, stage, attempt)
+        annotations[KUEUE_TOTAL_ANNOTATION] = str(pod_count(t))
     if annotations:
         meta["annotations"] = annotations
     volumes, mounts = volumes_and_mounts(t, index)
@@ -345,7 +378,7 @@ def _pod(
         "containers": [container],
         "volumes": volumes,
     }
-    scheduler = t.spec.scheduler_name or ("volcano" if t.spec.gang is not None else None)
+    scheduler = t.spec.scheduler_name or ("volcano" if t.spec.gang == Gang.VOLCANO else None)
     if scheduler:
         spec["schedulerName"] = scheduler
     if template:
@@ -355,8 +388,13 @@ def _pod(
             spec["tolerations"] = [toleration.wire() for toleration in template.tolerations]
         if template.priority_class_name:
             spec["priorityClassName"] = template.priority_class_name
-    if ctx.avoid_nodes:
-        spec["affinity"] = _avoid(ctx.avoid_nodes)
+    affinity = _avoid(ctx.avoid_nodes) if ctx.avoid_nodes else {}
+    if role == names.ROLE_WORKER and rank is not None and placed_by_server(t):
+        server = placement.server_of(rank, t.spec.npus_per_pod, t.spec.npus_per_server)
+        meta["labels"][names.LABEL_SERVER] = str(server)
+        affinity.update(server_affinity(t, stage, attempt, server))
+    if affinity:
+        spec["affinity"] = affinity
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
@@ -364,17 +402,21 @@ def _pod(
 RANK_ENV = ("DEEPLAB_WORKER_INDEX", "MS_NODE_ID", "MS_NODE_RANK")
 
 
-def _stamp(worker: dict[str, Any], name: str, rank: int) -> dict[str, Any]:
-    """Rank ``rank``'s pod from rank 0's: new dicts only where the two differ (name, rank label,
-    hostname, rank variables); the volumes, resources, tolerations and the user's template are shared,
-    never copied. A 4,096-worker attempt with a 100 KiB template then costs 4,096 small dicts, not
-    400 MiB of copies (manifests are serialised as they are sent and never mutated)."""
+def _stamp(worker: dict[str, Any], name: str, rank: int, server: int | None, affinity: Any) -> dict[str, Any]:
+    """Rank ``rank``'s pod from rank 0's: new dicts only where the two differ (name, rank and server
+    labels, rank variables, the server's affinity); the volumes, resources, tolerations and the user's
+    template are shared, never copied. A 4,096-worker attempt with a 100 KiB template then costs 4,096
+    small dicts, not 400 MiB of copies (manifests are serialised as they are sent and never mutated)."""
     meta = worker["metadata"]
     labels = {**meta["labels"], names.LABEL_RANK: str(rank), "replica-index": str(rank)}
+    if server is not None:
+        labels[names.LABEL_SERVER] = str(server)
     annotations = {**meta["annotations"], RANK_INDEX_ANNOTATION: str(rank)}
     container = worker["spec"]["containers"][0]
     env = [{"name": v["name"], "value": str(rank)} if v["name"] in RANK_ENV else v for v in container["env"]]
     spec = {**worker["spec"], "containers": [{**container, "env": env}]}
+    if affinity is not None:
+        spec["affinity"] = affinity
     meta = {**meta, "name": name, "labels": labels, "annotations": annotations}
     return {**worker, "metadata": meta, "spec": spec}
 
@@ -400,9 +442,19 @@ def desired_pods(
     first = names.worker_name(t.name, t.uid, stage, attempt, 0)
     worker = _pod(t, index, attempt, first, names.ROLE_WORKER, 0, ctx)
     pods = {first: worker}
+    by_server: dict[int, Any] = {0: worker["spec"].get("affinity")}
     for rank in range(1, worker_pods(t)):
         name = names.worker_name(t.name, t.uid, stage, attempt, rank)
-        pods[name] = _stamp(worker, name, rank)
+        server, affinity = None, None
+        if placed_by_server(t):
+            server = placement.server_of(rank, t.spec.npus_per_pod, t.spec.npus_per_server)
+            if server not in by_server:  # one affinity per server, shared by its pods
+                by_server[server] = {
+                    **(_avoid(ctx.avoid_nodes) if ctx.avoid_nodes else {}),
+                    **server_affinity(t, stage, attempt, server),
+                }
+            affinity = by_server[server]
+        pods[name] = _stamp(worker, name, rank, server, affinity)
     if t.spec.launcher == Launcher.DYNAMIC_CLUSTER:
         name = names.scheduler_name(t.name, t.uid, stage, attempt)
         pods[name] = _pod(t, index, attempt, name, names.ROLE_SCHEDULER, None, ctx)
@@ -472,8 +524,14 @@ def configmap(t: Training, data: dict[str, str]) -> dict[str, Any]:
 
 
 def podgroup(t: Training) -> dict[str, Any]:
-    """Volcano gang scheduling: no pod of the group is bound until all of them fit."""
+    """Volcano gang scheduling: no pod of the group is bound until all of them fit. As MindX's
+    ascend-operator fills it (pkg/controllers/v1/podgroup.go): minMember, the queue, the resources the
+    whole group needs (minResources, so Volcano admits it only when they are free) and the priority."""
     spec: dict[str, Any] = {"minMember": pod_count(t)}
+    if t.spec.queue:
+        spec["queue"] = t.spec.queue
+    if t.spec.npu_resource:
+        spec["minResources"] = {t.spec.npu_resource: str(t.spec.workers)}
     template = t.spec.template
     if template and template.priority_class_name:
         spec["priorityClassName"] = template.priority_class_name

@@ -37,7 +37,7 @@ CASES = [
     ({"spec.workers": -1}, "spec.workers", "greater than or equal to 1"),
     ({"spec.workers": 4097}, "spec.workers", "less than or equal to 4096"),
     ({"spec.workers": 12, "spec.npusPerServer": 8}, "spec.workers", "whole servers"),
-    ({"spec.npusPerServer": 0}, "spec.npusPerServer", "greater than or equal to 1"),
+    ({"spec.npusPerServer": 3}, "spec.npusPerServer", "supported values"),
     ({"spec.image": DELETE}, "spec.image", "Required value"),
     ({"spec.image": "r/" + "x" * 1024}, "spec.image", "Too long"),
     ({"spec.imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy", "Unsupported value"),

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kubelet import apply, training_manifest
 from kubernetes.client.rest import ApiException
 from nasty_input import log_tails, termination_messages
-from unit.sim import Sim, running
+from sim import Sim, running
 
 from controller.api import DeepLabTrainingStatus
 from controller.kube import Kube

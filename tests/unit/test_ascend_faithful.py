@@ -102,7 +102,7 @@ def test_volcano_pods_take_their_visible_devices_from_volcanos_annotation():
 
 # -- rank table 1.2 ---------------------------------------------------------------------------------
 def test_rank_table_1_2_carries_super_pods_from_the_annotation():
-    sim = Sim(training_obj(workers=2, rankTableVersion="1.2"))
+    sim = Sim(training_obj(workers=2, npusPerServer=1, rankTableVersion="1.2"))
     sim.settle()
     sim.place(["10.0.0.1", "10.0.0.2"])
     sim.settle()
@@ -258,7 +258,7 @@ def test_an_hccl_error_keeps_the_next_attempts_off_that_node():
     sim.now += timedelta(seconds=601)
     sim.terminate(sim.current()[0], 1, "ValueError: a bug")
     sim.settle()
-    assert "affinity" not in sim.current()[0]["spec"]
+    assert "nodeAffinity" not in sim.current()[0]["spec"]["affinity"]
 
 
 def test_the_device_plugins_unhealthy_report_marks_the_node_too():
@@ -308,3 +308,93 @@ def test_pod_names_match_the_pods_built():
         assert sum(
             p["metadata"]["labels"][names.LABEL_ROLE] == "worker" for p in built.values()
         ) == resources.worker_pods(t)
+
+
+# -- placement by construction (issue #13) ------------------------------------------------------------
+def worker_pods_of(**spec) -> list[dict]:
+    t = Training.from_obj(training_obj(**spec))
+    pods = resources.desired_pods(t, 0, 1, resources.PodContext(sched_ip=CLUSTER_IP))
+    return [p for p in pods.values() if p["metadata"]["labels"][names.LABEL_ROLE] == names.ROLE_WORKER]
+
+
+def test_the_workers_of_one_server_go_to_one_node_and_servers_to_different_nodes():
+    pods = worker_pods_of(workers=16, npusPerServer=8)
+    assert [p["metadata"]["labels"][names.LABEL_SERVER] for p in pods] == ["0"] * 8 + ["1"] * 8
+    first, last = pods[0]["spec"]["affinity"], pods[-1]["spec"]["affinity"]
+    together = first["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert together["topologyKey"] == "kubernetes.io/hostname"
+    assert together["labelSelector"]["matchLabels"][names.LABEL_SERVER] == "0"
+    apart = last["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert apart["labelSelector"]["matchExpressions"] == [
+        {"key": names.LABEL_SERVER, "operator": "NotIn", "values": ["1"]}
+    ]
+    assert apart["labelSelector"]["matchLabels"][names.LABEL_ATTEMPT] == "1"
+    assert pods[1]["spec"]["affinity"] is first, "one affinity per server, shared by its pods"
+
+
+def test_one_pod_per_server_needs_only_anti_affinity_and_a_single_server_none():
+    per_server = worker_pods_of(workers=4, npusPerServer=2, npusPerPod=2)
+    assert all("podAffinity" not in p["spec"]["affinity"] for p in per_server)
+    assert all("podAntiAffinity" in p["spec"]["affinity"] for p in per_server)
+    single = worker_pods_of(workers=2, npusPerServer=8)
+    assert "podAntiAffinity" not in single[0]["spec"]["affinity"]
+    cpu = worker_pods_of(workers=4, npuResource="", launcher="dynamicCluster")
+    assert all("affinity" not in p["spec"] for p in cpu), "CPU workers go anywhere"
+
+
+def test_a_placement_that_breaks_a_rule_restarts_the_attempt_saying_where_pods_landed():
+    sim = Sim(training_obj(workers=4, npusPerServer=2))
+    sim.settle()
+    sim.place(["10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.2"])  # a scheduler ignoring the affinity
+    sim.set_phase("Running")
+    sim.settle()
+    assert sim.status["attempt"] == 2 and sim.status["stages"][0]["failures"] == 1
+    rejected = [e for p in sim.history for e in p.events if e.reason == "PlacementRejected"]
+    assert len(rejected) == 1 and "server 0 landed on 2 nodes" in rejected[0].message
+    assert "node-1" in rejected[0].message and "node-2" in rejected[0].message
+    assert condition(sim, "PlacementValid")["status"] == "False"
+    sim.place(HOSTS)  # two per node, as the affinity asks
+    sim.set_phase("Running")
+    sim.settle()
+    assert sim.table()[0]["status"] == "completed"
+    assert condition(sim, "PlacementValid")["status"] == "True"
+
+
+def test_two_npus_of_a_server_outside_one_ring_are_refused():
+    sim = Sim(training_obj(workers=4, npusPerServer=2, npusPerPod=2))
+    sim.settle()
+    sim.place(["10.0.0.1", "10.0.0.2"])
+    pod = sim.current()[1]
+    info = json.loads(pod["metadata"]["annotations"][DEVICE_ANNOTATION])
+    info["devices"] = [
+        {"device_id": "3", "device_ip": "192.168.3.2"},
+        {"device_id": "4", "device_ip": "192.168.4.2"},
+    ]
+    pod["metadata"]["annotations"][DEVICE_ANNOTATION] = json.dumps(info)
+    sim.set_phase("Running")
+    sim.settle()
+    rejected = [e.message for p in sim.history for e in p.events if e.reason == "PlacementRejected"]
+    assert rejected and "NPUs [3, 4], not within one HCCS ring" in rejected[0]
+
+
+def test_kueue_gang_puts_each_attempt_in_its_own_pod_group():
+    pods = resources.desired_pods(Training.from_obj(training_obj(gang="kueue", queue="team-a")), 0, 2)
+    groups = {p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] for p in pods.values()}
+    assert len(groups) == 1 and next(iter(groups)).endswith("-a2")
+    assert {p["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] for p in pods.values()} == {"team-a"}
+    assert {p["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] for p in pods.values()} == {
+        "4"
+    }
+    assert all("schedulerName" not in p["spec"] for p in pods.values()), "kube-scheduler places them"
+    sim = Sim(training_obj(gang="kueue", queue="team-a"))
+    sim.settle()
+    assert sim.podgroup is None, "no Volcano PodGroup"
+
+
+def test_volcano_podgroup_carries_queue_and_min_resources():
+    group = resources.podgroup(Training.from_obj(training_obj(gang="volcano", queue="research", workers=8)))
+    assert group["spec"] == {
+        "minMember": 8,
+        "queue": "research",
+        "minResources": {"huawei.com/Ascend910": "8"},
+    }

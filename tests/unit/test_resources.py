@@ -51,6 +51,7 @@ def test_worker_pod_shape():
         "replica-type": "worker",
         "replica-index": "0",
         "ring-controller.atlas": "ascend-910",
+        "deeplab.io/server": "0",
     }
     assert container["resources"] == {
         "limits": {"huawei.com/Ascend910": "1"},
