@@ -2,7 +2,7 @@
 
     python -m bench.pipeline_speed transform [--quick]      # per-core augment_sample, 1 and 2 processes
     python -m bench.pipeline_speed dataset --workers 2      # MindDataset -> map -> batch, as training uses it
-    python -m bench.pipeline_speed eval [--scales 5 --flip] # job.evaluate with the real network
+    python -m bench.pipeline_speed eval [--scales 5 --flip] [--host-only --one-core]  # job.evaluate
 
 ``transform`` times the job's per-sample training transform (decode JPEG + PNG, scale/crop/flip
 warp, normalise, pad) in processes pinned to one core each, so the figure is "images/s one core
@@ -160,24 +160,30 @@ def dataset(args: argparse.Namespace) -> dict:
 
 
 # -- evaluation -----------------------------------------------------------------------------------------
-class _Instant:
-    """A stand-in network (zeros at the input size): isolates evaluate()'s own pre/post-processing."""
+def stand_in_net(num_classes: int):
+    """A stand-in network (zero logits at the input size, nearly free): isolates evaluation's own work."""
+    from mindspore import nn, ops
 
-    def __init__(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    class Instant(nn.Cell):
+        def construct(self, x):
+            n, _, h, w = x.shape
+            return ops.zeros((n, num_classes, h, w), x.dtype)
 
-    def set_train(self, mode: bool) -> None:
-        pass
-
-    def __call__(self, tensor):
-        import mindspore as ms
-
-        n, _, h, w = tensor.shape
-        return ms.Tensor(np.zeros((n, self.num_classes, h, w), dtype=np.float32))
+    return Instant()
 
 
 def evaluation(args: argparse.Namespace) -> dict:
-    """job.evaluate over VOC-sized images: the first image compiles every canvas size, then timed."""
+    """job.evaluate over VOC-sized images: the first image compiles every canvas size, then timed.
+
+    ``network`` is the time in the compiled graph (the network, softmax and flip-back; with the
+    stand-in net mostly softmax, which a device runs), ``host`` the rest per image (decode, resize in,
+    crop, resize back, argmax, scoring), as wall time and as CPU time (what one core sustains, also
+    on a loaded machine). ``--one-core`` pins the process and every thread pool to one core.
+    """
+    if args.one_core:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        args.threads = 1
+    cv2.setNumThreads(1 if args.one_core else 0)
     prepare_mindspore()
     import mindspore as ms
 
@@ -190,7 +196,7 @@ def evaluation(args: argparse.Namespace) -> dict:
     ms.device_context.cpu.op_tuning.threads_num(args.threads)
     root, listing = voc_like()
     scales = list(recipe.EVAL_SCALES) if args.scales == 5 else [1.0]
-    net = _Instant(21) if args.host_only else deeplabv3("deeplab_v3_s16", 21)
+    net = stand_in_net(21) if args.host_only else deeplabv3("deeplab_v3_s16", 21)
     lines = listing.read_text().splitlines()
     warm, timed = DATA_DIR / "eval-warm.txt", DATA_DIR / f"eval-{args.images}.txt"
     warm.write_text("\n".join(f"{root}/{line.split()[0]} {root}/{line.split()[1]}" for line in lines[:1]))
@@ -204,15 +210,28 @@ def evaluation(args: argparse.Namespace) -> dict:
     begin = time.perf_counter()
     result = evaluate(net, data_root="/", data_lst=str(timed), **common)
     elapsed = time.perf_counter() - begin
-    rate = result["images"] / elapsed
+    images = result["images"]
+    network, host = result["seconds"]["network"] / images, result["seconds"]["host"] / images
+    host_cpu = result["seconds"]["host_cpu"] / images
+    rate = images / elapsed
     what = "host-only" if args.host_only else "network"
-    log(f"eval {what} scales={len(scales)} flip={args.flip}: {rate:.3f} img/s (warm-up {compile_s:.1f}s)")
+    log(
+        f"eval {what} scales={len(scales)} flip={args.flip}: {rate:.3f} img/s; per image network "
+        f"{network * 1000:.0f} ms, host {host * 1000:.0f} ms ({host_cpu * 1000:.0f} ms CPU) "
+        f"(warm-up {compile_s:.1f}s)"
+    )
     return {
         "scales": len(scales),
         "flip": args.flip,
         "host_only": args.host_only,
-        "images": result["images"],
+        "one_core": args.one_core,
+        "images": images,
         "images_per_s": rate,
+        "network_s_per_image": network,
+        "host_s_per_image": host,
+        "host_cpu_s_per_image": host_cpu,
+        "host_images_per_s": 1 / host if host > 0 else float("inf"),
+        "host_cpu_images_per_s": 1 / host_cpu if host_cpu > 0 else float("inf"),
         "first_image_s": compile_s,
     }
 
@@ -230,6 +249,7 @@ def main() -> None:
     parser.add_argument("--flip", action="store_true")
     parser.add_argument("--host-only", action="store_true", help="eval with a stand-in network")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--one-core", action="store_true", help="eval: pin to one core, one thread")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:

@@ -2,6 +2,7 @@
 
     python -m bench.train_speed --framework mindspore --crop 257 [--steps 3 --warmup 2 --threads 2]
     python -m bench.train_speed --framework torch --crop 513 [--compile] [--channels-last]
+    python -m bench.train_speed --framework mindspore --crop 513 --recompute   # the job's --recompute
 
 MindSpore runs the job's own cells (``job.train.build_network``, ``NetWithLoss``, ``TrainStep``,
 ``nn.Momentum`` with the per-step LR tensor) in GRAPH mode; PyTorch runs ``bench.torch_deeplab``
@@ -83,6 +84,7 @@ def mindspore_step(args: argparse.Namespace) -> tuple[Callable[[], float], dict]
         batch_size=args.batch,
         crop_size=args.crop,
         device_target="CPU",
+        recompute=args.recompute,
     )
     net = build_network(config, "CPU")
     lrs = np.full(args.warmup + args.steps + 10, 1e-3, dtype=np.float32)
@@ -158,6 +160,7 @@ def measure(args: argparse.Namespace) -> dict:
         "loss": getattr(args, "loss", "job"),
         "compile": args.compile,
         "channels_last": args.channels_last,
+        "recompute": args.recompute,
         "crop": args.crop,
         "batch": args.batch,
         "threads": args.threads,
@@ -182,6 +185,9 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="torch: NHWC memory format")
     parser.add_argument(
         "--loss", choices=["job", "nhwc", "logsumexp"], default="job", help="MindSpore: experimental loss"
+    )
+    parser.add_argument(
+        "--recompute", action="store_true", help="MindSpore: the job's --recompute (ResNet blocks recomputed)"
     )
     parser.add_argument("--quick", action="store_true", help="1 warm-up + 1 timed step")
     args = parser.parse_args()

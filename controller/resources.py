@@ -140,6 +140,8 @@ def train_args(t: Training, index: int) -> list[str]:
         args += ["--aspp_rates", *(str(rate) for rate in s.aspp_rates)]
     if s.freeze_bn:
         args.append("--freeze_bn")
+    if s.recompute:
+        args.append("--recompute")
     init = init_stage(t, index)
     if init is not None:
         args += ["--ckpt_pre_trained", posixpath.join(INIT_MOUNT, "final.ckpt")]

@@ -46,13 +46,14 @@ def _train(config: TrainConfig) -> int:
 def _eval(config: EvalConfig) -> int:
     import mindspore as ms
 
-    from job import checkpoints
+    from job import checkpoints, distributed
     from job.evaluate import evaluate
     from job.model import settings_from_checkpoint
     from job.progress import dumps
 
     device.select_device(config.device_target)
     ms.set_context(mode=ms.GRAPH_MODE)
+    group = distributed.init(config.is_distributed)
     # The checkpoint's record decides the network (rates and alignment change results, not shapes).
     settings = settings_from_checkpoint(checkpoints.read_meta(config.ckpt_path), config, config.ckpt_path)
     net = settings.build()
@@ -69,7 +70,10 @@ def _eval(config: EvalConfig) -> int:
         flip=config.flip,
         batch_size=config.batch_size,
         save_predictions=config.save_predictions,
+        group=group,
     )
+    if not group.is_main:
+        return recipe.EXIT_OK  # every rank has the summed metrics; rank 0 reports them
     network = {"model": settings.model, "aspp_rates": list(settings.aspp_rates)}
     network["align_corners"] = settings.align_corners  # what was built: the record, else the flags
     text = dumps({"event": "eval", "checkpoint": config.ckpt_path, "network": network, **metrics})

@@ -96,6 +96,9 @@ class TrainConfig(_NetConfig):
     )
     is_distributed: bool = Field(False, description="data-parallel over all ranks (HCCL or dynamic cluster)")
     freeze_bn: bool = Field(False, description="BN uses and keeps its moving statistics (small batches)")
+    recompute: bool = Field(
+        False, description="recompute ResNet blocks' activations in backward: less memory, more compute"
+    )
     max_steps: int = Field(0, ge=0, description="stop after this global step (0 = no limit; smoke runs)")
     log_steps: PositiveInt = Field(10, description="one JSON progress line every N steps")
     result_file: str | None = Field(
@@ -134,6 +137,9 @@ class EvalConfig(_NetConfig):
     )
     output_json: str | None = Field(None, description="also write the metrics JSON here")
     save_predictions: str | None = Field(None, description="write colour prediction PNGs to this directory")
+    is_distributed: bool = Field(
+        False, description="every rank scores a shard of the list; confusion matrices summed, rank 0 reports"
+    )
 
 
 class PredictConfig(_NetConfig):

@@ -1,6 +1,6 @@
 """``deeplab-job predict``: segment one's own images with a trained checkpoint, no labels needed.
 
-Each image goes through exactly evaluation's protocol (``job.evaluate.predict_labels``: the same
+Each image goes through exactly evaluation's protocol (``job.evaluate.Predictor``: the same
 canvases, scales, flip and resizing), so what predict draws is what eval scores. For every image it
 writes a colour mask (``<stem>_mask.png``, the VOC palette or ``--palette``), the mask blended over the
 image (``<stem>_overlay.jpg``) and with ``--save_index`` the class ids (``<stem>_index.png``), and
@@ -140,7 +140,7 @@ def blend(image: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def index_image(prediction: np.ndarray) -> np.ndarray:
-    """Class ids as a gray PNG's pixels: 8-bit up to 256 classes (``predict_labels`` gives uint8), else
+    """Class ids as a gray PNG's pixels: 8-bit up to 256 classes (``Predictor.labels`` gives uint8), else
     16-bit."""
     return prediction if prediction.dtype == np.uint8 else prediction.astype(np.uint16)
 
@@ -252,7 +252,7 @@ def run(config: PredictConfig) -> int:
     import mindspore as ms
 
     from job import checkpoints
-    from job.evaluate import predict_labels
+    from job.evaluate import Predictor
     from job.model import settings_from_checkpoint
 
     device.select_device(config.device_target)
@@ -264,6 +264,10 @@ def run(config: PredictConfig) -> int:
     net = settings.build()
     checkpoints.load_strict(net, config.ckpt_path)
     net.set_train(False)
+    predictor = Predictor(
+        net, num_classes=settings.num_classes, crop_size=config.crop_size, scales=config.scales,
+        flip=config.flip, batch_size=config.batch_size,
+    )  # fmt: skip
 
     progress, done, skipped = Progress(len(items)), 0, []
     for batch in _batches(items, config.batch_size):
@@ -278,10 +282,7 @@ def run(config: PredictConfig) -> int:
                 readable.append((path, name, image))
         if not readable:
             continue
-        predictions = predict_labels(
-            net, [image for _, _, image in readable], num_classes=settings.num_classes,
-            crop_size=config.crop_size, scales=config.scales, flip=config.flip, batch_size=config.batch_size,
-        )  # fmt: skip
+        predictions = predictor.labels([image for _, _, image in readable])
         for (path, name, image), prediction in zip(readable, predictions, strict=True):
             record = _write(path, image, prediction, Outputs.of(output, name, config), palette, names, config)
             progress.record(dumps(record))

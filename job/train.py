@@ -95,6 +95,8 @@ def build_network(config: TrainConfig, backend: str) -> DeepLabV3:
     net = NetSettings.from_config(config).build()
     if config.freeze_bn:
         freeze_batch_norm(net)
+    if config.recompute:
+        net.backbone.recompute_blocks()
     return net
 
 
@@ -246,16 +248,30 @@ def batches(dataset, steps_per_epoch: int, first_step: int, epochs: int) -> Iter
 
 
 class StopFlag:
-    """SIGTERM handler: finish the current step, then stop (the loop checks ``requested``)."""
+    """SIGTERM handler: finish the current step, then stop (the loop asks ``agreed`` after each step).
 
-    def __init__(self) -> None:
+    With several ranks each one gets its SIGTERM at its own time (pods are deleted one by one, or
+    only one is evicted), so the flag is agreed after every step: a sum over all ranks, outside the
+    compiled step. Every rank makes the same call after the same step, so nobody waits in the
+    collective for a rank that already left, and all stop after the same step: rank 0 saves it, the
+    others do not run ahead into a step rank 0 never takes. One rank trains with no collective.
+    """
+
+    def __init__(self, group_size: int = 1) -> None:
         self.requested = False
+        self.group_size = group_size
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+
+    def agreed(self) -> bool:
+        """Whether any rank has been asked to stop (each rank must call this after each step)."""
+        if self.group_size <= 1:
+            return self.requested
+        return distributed.any_rank(self.requested)
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -303,7 +319,7 @@ def fit(config: TrainConfig, dataset=None) -> tuple[DeepLabV3, dict[str, Any]]:
     )
     step_cell.set_train(True)  # GRAPH mode: training mode must be set explicitly before compiling
 
-    stop = StopFlag()
+    stop = StopFlag(group.size)
     stop.install()
     progress = Progress(
         epochs=config.train_epochs,
@@ -320,7 +336,6 @@ def fit(config: TrainConfig, dataset=None) -> tuple[DeepLabV3, dict[str, Any]]:
         step_cell,
         net,
         optimizer,
-        lrs,
         position.step,
         last_step,
         steps_per_epoch,
@@ -329,7 +344,8 @@ def fit(config: TrainConfig, dataset=None) -> tuple[DeepLabV3, dict[str, Any]]:
         stop,
     )
     if state.interrupted:
-        raise Interrupted(f"stopped by SIGTERM after step {state.step}")
+        where = "" if stop.requested else " to another rank"
+        raise Interrupted(f"stopped by SIGTERM{where} after step {state.step}")
     return net, _finish(config, net, state, steps_per_epoch, group)
 
 
@@ -341,9 +357,7 @@ class LoopState:
     interrupted: bool = False
 
 
-def _loop(
-    config, dataset, step_cell, net, optimizer, lrs, first, last, steps_per_epoch, group, progress, stop
-):
+def _loop(config, dataset, step_cell, net, optimizer, first, last, steps_per_epoch, group, progress, stop):
     state = LoopState(first)
     window: list = []
     if first < last:
@@ -351,20 +365,30 @@ def _loop(
             window.append(step_cell(data, label))
             state.step += 1
             at_end = state.step >= last
-            if state.step % config.log_steps == 0 or at_end or stop.requested:
+            # at_end is the same on every rank: all make the agreeing collective, or none does
+            stopping = not at_end and stop.agreed()
+            if state.step % config.log_steps == 0 or at_end or stopping:
                 state.loss = float(np.mean([w.asnumpy() for w in window]))
                 window.clear()
                 if not math.isfinite(state.loss):
                     raise RuntimeError(f"loss is {state.loss} at step {state.step} (diverged)")
-                progress.report(
-                    epoch=epoch + 1, step=state.step, loss=state.loss, lr=float(lrs[state.step - 1])
-                )
-            if state.step % config.save_steps == 0 or at_end or stop.requested:
+                progress.report(epoch=epoch + 1, step=state.step, loss=state.loss, lr=applied_lr(optimizer))
+            if state.step % config.save_steps == 0 or at_end or stopping:
                 _save_step(config, net, optimizer, state, steps_per_epoch, group)
-            if at_end or stop.requested:
-                state.interrupted = stop.requested and not at_end
+            if at_end or stopping:
+                state.interrupted = stopping
                 break
     return state
+
+
+def applied_lr(optimizer: nn.Optimizer) -> float:
+    """The LR the optimizer applied in the step it just took: its own schedule at its own global step
+    before that step. Read from the optimizer rather than from the schedule array, so the log shows
+    what it really used (a global step restored wrongly would show here)."""
+    if not optimizer.dynamic_lr:
+        return float(optimizer.learning_rate.asnumpy())
+    lr = optimizer.learning_rate(optimizer.global_step - 1)
+    return float(lr.asnumpy().reshape(-1)[0])
 
 
 def _save_step(config, net, optimizer, state: LoopState, steps_per_epoch: int, group) -> None:
@@ -396,7 +420,7 @@ def _report_rank(net, step: int, group) -> None:
 
 
 def _finish(config: TrainConfig, net, state: LoopState, steps_per_epoch: int, group) -> dict[str, Any]:
-    """final.ckpt, optional evaluation, result file (rank 0 only)."""
+    """final.ckpt and the result file (rank 0), the optional evaluation (on every rank, each a shard)."""
     final = Path(config.train_dir) / checkpoints.FINAL_NAME
     result = {
         "event": "result",
@@ -408,16 +432,16 @@ def _finish(config: TrainConfig, net, state: LoopState, steps_per_epoch: int, gr
     }
     if group.size > 1:
         _report_rank(net, state.step, group)
-    if not group.is_main:
-        return result
-    checkpoints.save_atomic(
-        checkpoint_entries(net, None),
-        final,
-        checkpoint_meta(config, state.step, steps_per_epoch, group_size=group.size),
-    )
+    if group.is_main:
+        checkpoints.save_atomic(
+            checkpoint_entries(net, None),
+            final,
+            checkpoint_meta(config, state.step, steps_per_epoch, group_size=group.size),
+        )
     if config.eval_data_root and config.eval_data_lst:
         from job.evaluate import evaluate
 
+        # every rank scores its share of the list; the confusion matrices are summed over the ranks
         net.set_train(False)
         metrics = evaluate(
             net,
@@ -428,8 +452,11 @@ def _finish(config: TrainConfig, net, state: LoopState, steps_per_epoch: int, gr
             crop_size=config.crop_size,
             scales=list(config.eval_scales),
             flip=config.eval_flip,
+            group=group,
         )
         result["miou"] = metrics["miou"]
+    if not group.is_main:
+        return result
     write_result(
         config.result_file or default_result_file(config.train_dir), result, log=ProgressLog(config.train_dir)
     )

@@ -29,11 +29,13 @@ def data_file(tmp_path_factory) -> str:
     from job.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("dist-data")
-    train_lst, _ = generate(str(root), num_train=8, num_val=0, size=40, num_classes=3, seed=5)
-    return convert_list(str(root), train_lst, str(root / "train.mindrecord"), 1, True)[0]
+    train_lst, val_lst = generate(str(root), num_train=8, num_val=3, size=40, num_classes=3, seed=5)
+    return convert_list(str(root), train_lst, str(root / "train.mindrecord"), 1, True)[0], str(root), val_lst
 
 
 def test_two_ranks_stay_identical_and_only_rank_0_writes(data_file, tmp_path: Path):
+    """Two ranks train in step and evaluate the stage together (each scores its share of the list)."""
+    data_file, eval_root, eval_lst = data_file
     port = str(free_port())
     base = {
         **os.environ,
@@ -85,6 +87,10 @@ def test_two_ranks_stay_identical_and_only_rank_0_writes(data_file, tmp_path: Pa
                 "--base_lr",
                 "0.05",
                 "--is_distributed",
+                "--eval_data_root",
+                eval_root,
+                "--eval_data_lst",
+                eval_lst,
                 "--result_file",
                 str(train_dir / "result.json"),
             ]
@@ -94,7 +100,7 @@ def test_two_ranks_stay_identical_and_only_rank_0_writes(data_file, tmp_path: Pa
                     args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
                 )
             )
-        outputs = [proc.communicate(timeout=240) for proc in processes[1:]]
+        outputs = [proc.communicate(timeout=600) for proc in processes[1:]]
         processes[0].wait(timeout=60)
     finally:
         for proc in processes:
@@ -122,4 +128,6 @@ def test_two_ranks_stay_identical_and_only_rank_0_writes(data_file, tmp_path: Pa
         tmp_path / "train0" / "deeplab-00000003.ckpt"
     ).is_file()
     assert not (tmp_path / "train1").exists() or not os.listdir(tmp_path / "train1")
+    result = json.loads((tmp_path / "train0" / "result.json").read_text())
+    assert 0.0 <= result["miou"] <= 1.0, "the stage's evaluation, scored by both ranks, reached rank 0"
     assert "progress" not in outputs[1][0]

@@ -41,19 +41,35 @@ def colour_net(num_classes: int = NUM_CLASSES):
     return net
 
 
-class Spy:
-    """Duck-typed Cell wrapper that records how evaluate drives the network."""
+def spy_net(net):
+    """A Cell around ``net`` recording how evaluate drives it (PyNative mode runs ``construct`` in
+    Python on every call; GRAPH mode would trace it once per shape)."""
+    from mindspore import nn
 
-    def __init__(self, net) -> None:
-        self.net, self.shapes, self.train_modes = net, [], []
+    class Spy(nn.Cell):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.shapes, self.train_modes = net, [], []
 
-    def set_train(self, mode: bool = True) -> None:
-        self.train_modes.append(mode)
-        self.net.set_train(mode)
+        def set_train(self, mode: bool = True):
+            self.train_modes.append(mode)
+            return super().set_train(mode)
 
-    def __call__(self, batch):
-        self.shapes.append(tuple(batch.shape))
-        return self.net(batch)
+        def construct(self, batch):
+            self.shapes.append(tuple(batch.shape))
+            return self.net(batch)
+
+    return Spy()
+
+
+@pytest.fixture
+def pynative():
+    import mindspore as ms
+
+    mode = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=mode)
 
 
 def class_map(height: int, width: int, seed: int) -> np.ndarray:
@@ -102,9 +118,9 @@ def reference_iou(preds: list[np.ndarray], labels: list[np.ndarray]) -> list[flo
     ("scales", "flip", "batch_size"),
     [([1.0], False, 1), ([1.0], True, 1), ([0.5, 1.0, 1.5], True, 2), ([0.75, 1.25], False, 3)],
 )
-def test_perfect_predictor_scores_one(tmp_path, scales, flip, batch_size) -> None:
+def test_perfect_predictor_scores_one(tmp_path, pynative, scales, flip, batch_size) -> None:
     data_lst, _, _ = write_set(tmp_path)
-    spy = Spy(colour_net())
+    spy = spy_net(colour_net())
     result = evaluate(
         spy, data_root=str(tmp_path), data_lst=str(data_lst), num_classes=NUM_CLASSES, ignore_label=IGNORE,
         crop_size=65, scales=scales, flip=flip, batch_size=batch_size,

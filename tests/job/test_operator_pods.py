@@ -3,8 +3,11 @@
 The controller's own pod specs for a 2-worker dynamicCluster training are turned into local
 processes the way a kubelet would run them: the container command and env exactly as specified,
 downward-API fields resolved, volume mount paths mapped to directories here, and the termination
-log file provided. Only the scheduler's DNS name is replaced by 127.0.0.1 (there is no cluster DNS
-on this machine). Without containers, this is as close to a pod as the machine allows.
+log file provided. Nothing is substituted: MS_SCHED_HOST is the scheduler's pod IP in its own pod
+and the Service's ClusterIP in the workers, as the controller writes them. The cluster network is
+played as a CNI plugin and kube-proxy would: the scheduler's pod IP is an address of this machine
+(a /32 on ``lo``) and an iptables DNAT rule sends the ClusterIP's port to it. Without containers,
+this is as close to a pod as the machine allows.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,11 +47,57 @@ def training(port: int) -> Training:
     return Training.from_obj(obj)
 
 
+# The scheduler pod's IP and the training Service's ClusterIP. Both exist only on this machine: the
+# first as an address on lo, the second as the DNAT rule below (no packet leaves the machine).
+SCHED_POD_IP = "10.250.0.2"
+CLUSTER_IP = "10.96.77.7"
+IPTABLES = "/usr/sbin/iptables"
+
+
+def run(*command: str) -> None:
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=30)
+
+
+def dnat_rule(port: int) -> list[str]:
+    """kube-proxy's job for one Service port: ClusterIP:port -> the scheduler pod's IP:port."""
+    return [
+        "OUTPUT", "-d", f"{CLUSTER_IP}/32", "-p", "tcp", "--dport", str(port), "-m", "comment",
+        "--comment", f"deeplab test service {os.getpid()}", "-j", "DNAT", "--to-destination",
+        f"{SCHED_POD_IP}:{port}",
+    ]  # fmt: skip
+
+
+def dnat_packets(port: int) -> int:
+    """How many packets the DNAT rule has rewritten (the workers' connections to the ClusterIP)."""
+    listing = subprocess.run(
+        [IPTABLES, "-t", "nat", "-L", "OUTPUT", "-v", "-n", "-x"], check=True, capture_output=True, text=True
+    ).stdout
+    mine = [line for line in listing.splitlines() if f"to:{SCHED_POD_IP}:{port}" in line]
+    return sum(int(line.split()[0]) for line in mine)
+
+
+@pytest.fixture
+def service_network() -> Iterator[int]:
+    """The Service's port, routed as in a cluster; the address and the rule go away afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: adds an address to lo and an iptables nat rule (the cluster network)")
+    port = free_port()
+    run("ip", "addr", "add", f"{SCHED_POD_IP}/32", "dev", "lo")
+    try:
+        run(IPTABLES, "-t", "nat", "-I", *dnat_rule(port))
+        try:
+            yield port
+        finally:
+            run(IPTABLES, "-t", "nat", "-D", *dnat_rule(port))
+    finally:
+        run("ip", "addr", "del", f"{SCHED_POD_IP}/32", "dev", "lo")
+
+
 class Kubelet:
     """Just enough of a kubelet to run a pod spec as a local process."""
 
-    def __init__(self, root: Path, mounts: dict[str, Path]):
-        self.root, self.mounts = root, mounts
+    def __init__(self, root: Path, mounts: dict[str, Path], pod_ips: dict[str, str]):
+        self.root, self.mounts, self.pod_ips = root, mounts, pod_ips
 
     def path(self, value: str) -> str:
         for mount, local in self.mounts.items():
@@ -59,13 +109,12 @@ class Kubelet:
         fields = {
             "metadata.name": pod["metadata"]["name"],
             "metadata.namespace": "default",
-            "status.podIP": "127.0.0.1",
+            "status.podIP": self.pod_ips.get(pod["metadata"]["name"], "127.0.0.1"),
         }
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "DEEPLAB_", "RANK_"))}
         for var in pod["spec"]["containers"][0]["env"]:
             ref = var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
             env[var["name"]] = fields[ref] if ref else var["value"]
-        env["MS_SCHED_HOST"] = "127.0.0.1"  # the one substitution: no cluster DNS here
         env["MS_TOPO_TIMEOUT"] = "90"
         return env
 
@@ -92,13 +141,19 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
-def test_two_worker_dynamic_cluster_pods_train_in_lockstep(data_dir: Path, tmp_path: Path):
-    t = training(free_port())
-    pods = resources.desired_pods(t, 0, 1)
+def test_two_worker_dynamic_cluster_pods_train_in_lockstep(
+    data_dir: Path, tmp_path: Path, service_network: int
+):
+    t = training(service_network)
+    pods = resources.desired_pods(t, 0, 1, resources.PodContext(sched_ip=CLUSTER_IP))
     roles = {name: pod["metadata"]["labels"][names.LABEL_ROLE] for name, pod in pods.items()}
     assert sorted(roles.values()) == sorted([names.ROLE_SCHEDULER, names.ROLE_WORKER, names.ROLE_WORKER])
+    scheduler = next(name for name in pods if roles[name] == names.ROLE_SCHEDULER)
     checkpoints = tmp_path / "checkpoints"
-    kubelet = Kubelet(tmp_path, {"/data": data_dir, "/checkpoints": checkpoints})
+    kubelet = Kubelet(tmp_path, {"/data": data_dir, "/checkpoints": checkpoints}, {scheduler: SCHED_POD_IP})
+    # MindSpore gets IP addresses, as the controller wrote them: no name to resolve, nothing replaced.
+    hosts = {name: kubelet.env(pod)["MS_SCHED_HOST"] for name, pod in pods.items()}
+    assert hosts == {name: SCHED_POD_IP if name == scheduler else CLUSTER_IP for name in pods}
     processes = {}
     try:
         for name, pod in pods.items():
@@ -111,6 +166,8 @@ def test_two_worker_dynamic_cluster_pods_train_in_lockstep(data_dir: Path, tmp_p
                 proc.wait()
     for name, proc in processes.items():
         assert proc.returncode == 0, f"{name}: {outputs[name][1][-3000:]}"
+        assert "resolved" not in outputs[name][1]  # the launcher passed the IP on unchanged
+    assert dnat_packets(service_network) > 0  # the workers reached the scheduler through the ClusterIP
 
     workers = {
         int(pods[n]["metadata"]["labels"][names.LABEL_RANK]): n for n in pods if roles[n] == names.ROLE_WORKER

@@ -237,7 +237,7 @@ def _flags(args: list[str]) -> set[str]:
 def test_operator_flags_are_exactly_the_flags_train_args_emits():
     plain = _full_training()
     everything = _full_training(
-        freezeBn=True, asppRates=[6, 12, 18], evaluate={"dataList": "l.txt", "flip": True}
+        freezeBn=True, recompute=True, asppRates=[6, 12, 18], evaluate={"dataList": "l.txt", "flip": True}
     )
     emitted = set()
     for t in (plain, everything):
