@@ -38,6 +38,18 @@ class NameTaken(Exception):
         self.kind, self.name, self.owner = kind, name, owner
 
 
+def namespace_terminating(error: ApiException) -> bool:
+    """A create refused because the namespace is being deleted (403, cause NamespaceTerminating): the
+    training goes with it, nothing to retry or report (Kubernetes' Job controller ignores it too)."""
+    if error.status != 403:
+        return False
+    try:
+        causes = (json.loads(error.body or "{}").get("details") or {}).get("causes") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
+
+
 CONNECTIONS = 16
 
 

@@ -117,6 +117,10 @@ class NotLeading(RuntimeError):
     """A write by a replica whose Lease may have expired (paused, cut off): never sent."""
 
 
+class NamespaceGone(RuntimeError):
+    """Creates refused because the training's namespace is being deleted: it goes with the namespace."""
+
+
 class Controller:
     def __init__(self, api_client_, options: Options | None = None):
         self.options = options or Options()
@@ -275,6 +279,9 @@ class Controller:
         except NotLeading as error:
             log.warning("reconcile %s/%s: %s", *key, error)
             self.metrics.reconciles.labels("fenced").inc()
+        except NamespaceGone as error:
+            log.debug("reconcile %s/%s: %s", *key, error)
+            self.queue.forget(key)
         except kube.Conflict as error:
             log.info("reconcile %s/%s: %s; retrying", *key, error)
             self.metrics.reconciles.labels("conflict").inc()
@@ -356,6 +363,8 @@ class Controller:
             with ThreadPoolExecutor(kube.CONNECTIONS) as pool:
                 outcomes = list(pool.map(apply, batch))
         failures = [outcome for outcome in outcomes if outcome is not None]
+        if failures and all(kube.namespace_terminating(error) for _, error in failures):
+            raise NamespaceGone(f"namespace {key[0]} is being deleted")
         if failures:
             action, error = failures[0]  # one event for the batch, not one per refused pod
             self._report_failed_action(key, training, action, error)

@@ -25,6 +25,16 @@ PACKAGES = {
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
     "etcd": "go.etcd.io/etcd/server/v3",
 }
+# The real node (envtest/node.py): built on demand from the same module set, so versions match the plane.
+NODE_PACKAGES = {
+    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+    "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+}
+ALL_PACKAGES = {**PACKAGES, **NODE_PACKAGES}
+# Cluster DNS for the node: CoreDNS from the Go module proxy (its own module, not the release's set).
+COREDNS_MODULE = "github.com/coredns/coredns"
+COREDNS_VERSION = "v1.14.7"
 
 HOW_TO_GET = (
     "build them with 'make cluster' (needs the Go toolchain and the Go module proxy), "
@@ -42,8 +52,8 @@ def cache_dir() -> Path:
     return Path(base) / "deeplab-operator" / f"kubernetes-{KUBERNETES_VERSION}"
 
 
-def ensure_binaries(build: bool = True, log=sys.stderr) -> Path:
-    """Return a directory with etcd, kube-apiserver, kube-controller-manager and kubectl.
+def ensure_binaries(build: bool = True, log=sys.stderr, names: tuple[str, ...] = tuple(PACKAGES)) -> Path:
+    """Return a directory with ``names`` (default: etcd, kube-apiserver, kube-controller-manager, kubectl).
 
     ``KUBEBUILDER_ASSETS`` wins when set (the envtest convention); otherwise the
     version-keyed cache is used and filled by a Go build when ``build`` is true.
@@ -55,7 +65,7 @@ def ensure_binaries(build: bool = True, log=sys.stderr) -> Path:
             raise BinariesUnavailable(f"KUBEBUILDER_ASSETS={assets} lacks {', '.join(missing)}")
         return Path(assets)
     bin_dir = cache_dir() / "bin"
-    missing = [name for name in PACKAGES if not (bin_dir / name).is_file()]
+    missing = [name for name in names if not (bin_dir / name).is_file()]
     if not missing:
         return bin_dir
     if not build:
@@ -74,10 +84,10 @@ def _build(names: list[str], bin_dir: Path, log) -> None:
     for name in names:
         print(f"envtest: building {name} {KUBERNETES_VERSION} (first time only, takes minutes)", file=log)
         tmp = bin_dir / f".{name}.partial"
-        cmd = ["go", "build", "-trimpath", "-ldflags", _ldflags(), "-o", str(tmp), PACKAGES[name]]
+        cmd = ["go", "build", "-trimpath", "-ldflags", _ldflags(), "-o", str(tmp), ALL_PACKAGES[name]]
         result = subprocess.run(cmd, cwd=module_dir, env=env, capture_output=True, text=True)
         if result.returncode != 0:
-            raise BinariesUnavailable(f"go build {PACKAGES[name]} failed:\n{result.stderr[-4000:]}")
+            raise BinariesUnavailable(f"go build {ALL_PACKAGES[name]} failed:\n{result.stderr[-4000:]}")
         tmp.replace(bin_dir / name)  # atomic: a half-built binary is never taken as cached
 
 
@@ -114,7 +124,7 @@ def _write_module(module_dir: Path) -> None:
     ]
     (module_dir / "go.mod").write_text("\n".join(lines))
     # Blank imports keep the binaries' packages (and etcd's) in the module graph for `go mod tidy`.
-    imports = "\n".join(f'\t_ "{pkg}"' for pkg in PACKAGES.values())
+    imports = "\n".join(f'\t_ "{pkg}"' for pkg in ALL_PACKAGES.values())
     (module_dir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
     subprocess.run(["go", "mod", "tidy"], cwd=module_dir, check=True, capture_output=True, text=True)
 
@@ -129,3 +139,23 @@ def _release_gomod(module_dir: Path) -> str:
     ).stdout
     path = re.search(r'"GoMod":\s*"([^"]+)"', out).group(1)
     return Path(path).read_text()
+
+
+def ensure_coredns(build: bool = True, log=sys.stderr) -> Path:
+    """CoreDNS for the node's cluster DNS, built once into the binaries' directory (minutes, cold)."""
+    bin_dir = cache_dir() / "bin"
+    binary = bin_dir / "coredns"
+    if binary.is_file():
+        return binary
+    if not build or shutil.which("go") is None:
+        raise BinariesUnavailable(
+            f"no {binary}: build it with 'make node-binaries' (needs Go and the module proxy)"
+        )
+    print(f"envtest: building coredns {COREDNS_VERSION} (first time only, takes minutes)", file=log)
+    env = {**os.environ, "CGO_ENABLED": "0", "GOBIN": str(bin_dir / ".coredns-build")}
+    cmd = ["go", "install", "-trimpath", "-ldflags=-s -w", f"{COREDNS_MODULE}@{COREDNS_VERSION}"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BinariesUnavailable(f"go install {COREDNS_MODULE} failed:\n{result.stderr[-4000:]}")
+    (bin_dir / ".coredns-build" / "coredns").replace(binary)  # atomic, like the release's binaries
+    return binary

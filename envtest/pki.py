@@ -51,8 +51,27 @@ def _sign(subject: x509.Name, public_key, issuer: x509.Name, issuer_key, *, ca: 
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def generate(directory: Path) -> dict[str, Path]:
-    """Write the PKI into ``directory`` and return the paths by role."""
+def paths_in(directory: Path) -> dict[str, Path]:
+    """Where ``generate`` writes each role's file: the plane's parts read them from here."""
+    names = {
+        "ca_cert": "ca.crt",
+        "ca_key": "ca.key",
+        "serving_cert": "apiserver.crt",
+        "serving_key": "apiserver.key",
+        "admin_cert": "admin.crt",
+        "admin_key": "admin.key",
+        "sa_key": "sa.key",
+        "sa_pub": "sa.pub",
+    }
+    return {role: directory / name for role, name in names.items()}
+
+
+def generate(directory: Path, extra_ips: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Write the PKI into ``directory`` and return the paths by role.
+
+    ``extra_ips`` go into the serving certificate: a real node's pods reach the API server at
+    the node's address.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = _key()
     ca_name = _name("envtest-ca")
@@ -65,6 +84,7 @@ def generate(directory: Path) -> dict[str, Path]:
             x509.DNSName("kubernetes.default.svc"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+            *[x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips],
         ]
     )
     serving_usage = x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH])
@@ -84,16 +104,7 @@ def generate(directory: Path) -> dict[str, Path]:
     # Service-account tokens are signed with an RSA key generated for this start only.
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
-    paths = {
-        "ca_cert": directory / "ca.crt",
-        "ca_key": directory / "ca.key",
-        "serving_cert": directory / "apiserver.crt",
-        "serving_key": directory / "apiserver.key",
-        "admin_cert": directory / "admin.crt",
-        "admin_key": directory / "admin.key",
-        "sa_key": directory / "sa.key",
-        "sa_pub": directory / "sa.pub",
-    }
+    paths = paths_in(directory)
     for role, cert in (("ca_cert", ca_cert), ("serving_cert", serving_cert), ("admin_cert", admin_cert)):
         paths[role].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     for role, key in (("ca_key", ca_key), ("serving_key", serving_key), ("admin_key", admin_key)):

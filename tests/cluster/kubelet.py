@@ -218,9 +218,10 @@ def training_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
 
 
 def one_stage_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    """A two-worker, one-stage training (spec fields may override both)."""
+    """A two-worker, one-stage training, one NPU per server, so its workers go to two nodes (TWO_HOSTS);
+    spec fields may override all three."""
     stages = [{"name": "only", "dataFile": "d.mindrecord0", "epochs": 2}]
-    return training_manifest(name, namespace, **{"workers": 2, "stages": stages, **spec})
+    return training_manifest(name, namespace, **{"workers": 2, "npusPerServer": 1, "stages": stages, **spec})
 
 
 def apply(kubectl, manifest: dict[str, Any]) -> None:
@@ -231,13 +232,17 @@ def apply(kubectl, manifest: dict[str, Any]) -> None:
 class ControllerProcess:
     """`python -m controller run` as a child process (one Deployment replica), stopped by its PID only."""
 
-    def __init__(self, identity: str, kubeconfig, logdir, as_user: str | None = SA_USER, *extra: str):
+    def __init__(
+        self, identity: str, kubeconfig, logdir, as_user: str | None = SA_USER, *extra: str, lease: str
+    ):
+        """``lease``: the Lease the replicas of one test share, named for that test alone, so a Lease
+        another test left behind (held until it expires) never delays this one."""
         self.identity, self.port = identity, free_port()
         self.log = logdir / f"{identity}.log"
         cmd = [
             sys.executable, "-m", "controller", "run", "--kubeconfig", str(kubeconfig),
             "--identity", identity, "--health-addr", f"127.0.0.1:{self.port}", "--leader-elect",
-            "--lease-duration", "5", "--renew-deadline", "4", "--retry-period", "0.5",
+            "--lease-name", lease, "--lease-duration", "5", "--renew-deadline", "4", "--retry-period", "0.5",
             "--log-interval", "2", "--resync-seconds", "5", "--watch-timeout", "20", "--log-level", "DEBUG",
             *(["--as", as_user] if as_user else []), *extra,
         ]  # fmt: skip

@@ -83,7 +83,7 @@ def test_npu_workers_wait_for_the_device_plugin_then_get_mindx_s_table(controlle
 
 
 def test_two_npus_per_pod_one_pod_per_server(controller, kubelet, kubectl):
-    apply(kubectl, one_stage_manifest("multi", kubelet.ns, workers=4, npusPerPod=2))
+    apply(kubectl, one_stage_manifest("multi", kubelet.ns, workers=4, npusPerPod=2, npusPerServer=2))
     pods = wait_for("2 pods for 4 ranks", lambda: len(kubelet.pods("multi")) == 2 and kubelet.pods("multi"))
     limits = pods[0]["spec"]["containers"][0]["resources"]["limits"]
     assert limits == {"huawei.com/Ascend910": "2"}
@@ -211,7 +211,7 @@ def test_a_rank_0_that_stops_printing_progress_is_hung(controller, kubelet, kube
     node = f"node-{kubelet.ns}"
     try:
         fake.register_node(admin, node)
-        apply(kubectl, one_stage_manifest("stuck", kubelet.ns, progressTimeoutSeconds=4))
+        apply(kubectl, one_stage_manifest("stuck", kubelet.ns, npusPerServer=2, progressTimeoutSeconds=4))
         pods = wait_for("pods", lambda: len(kubelet.pods("stuck")) == 2 and kubelet.pods("stuck"))
         for pod in pods:
             kubelet.bind(pod["metadata"]["name"], node)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,25 @@ def test_service_accounts_exist_so_pods_are_admitted(kubectl):
     created = kubectl("create", "-f", "-", stdin=json.dumps(pod))
     assert created.returncode == 0, created.stderr
     assert kubectl("delete", "pod", "probe", "--wait=false").returncode == 0
+
+
+def test_a_failed_part_stops_the_parts_already_started(tmp_path, control_plane):
+    """controlplane.ControlPlane's contract: a start that fails midway leaves no process behind."""
+    from envtest.binaries import ensure_binaries
+    from envtest.plane import ETCD, Component, ControlPlane, ControlPlaneError, api_ready, plane_components
+
+    seen: dict[str, int] = {}
+    broken = Component(
+        "kube-controller-manager",
+        lambda plane: ["--no-such-flag"],
+        api_ready("/api/v1/namespaces/default/serviceaccounts/default"),
+        setup=lambda plane: seen.update(plane.pids),
+    )
+    apiserver = plane_components()[1]
+    plane = ControlPlane(tmp_path / "plane", ensure_binaries(), components=[ETCD, apiserver, broken])
+    with pytest.raises(ControlPlaneError, match="kube-controller-manager exited during start-up"):
+        plane.start(timeout=60)
+    assert set(seen) == {"etcd", "kube-apiserver"}
+    for pid in seen.values():
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert plane.pids == {} and not (tmp_path / "plane").exists()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from kubelet import apply, result_message, training_manifest, wait_for
+
+from envtest import audit
 
 pytestmark = pytest.mark.cluster
 
@@ -199,30 +202,31 @@ def test_health_readiness_and_metrics(controller, kubelet, kubectl):
     assert "deeplab_leader 1.0" in metrics
 
 
-def test_an_unchanged_training_costs_no_writes(controller, kubelet, kubectl):
-    """Resyncs of a running training read, but write nothing: no status, table, pod or event churn."""
+def test_an_unchanged_training_costs_no_writes(controller, kubelet, kubectl, control_plane):
+    """Resyncs of a running training read, but write nothing: no status, table, pod or event churn.
+    Proven by the API server's audit log over more than one full resync period (and many log-interval
+    requeues), not by the controller's word or a short sleep."""
     apply(kubectl, training_manifest("quiet", kubelet.ns, workers=2))
     pods = wait_for("pods", lambda: len(kubelet.pods("quiet")) == 2 and kubelet.pods("quiet"))
     kubelet.place(pods, HOSTS[:2])
     wait_for("Running", phase_is(kubelet, "quiet", "Running"))
-    time.sleep(0.5)  # let the Running transition's own writes land
+    agent = f"deeplab-operator/{controller.identity}"
 
-    def snapshot():
-        events = kubectl("get", "events", "-n", kubelet.ns, "-o", "name").stdout.split()
-        pod_versions = [p["metadata"]["resourceVersion"] for p in kubelet.pods("quiet")]
-        return (
-            kubelet.training("quiet")["metadata"]["resourceVersion"],
-            kubelet.configmap("quiet")["metadata"]["resourceVersion"],
-            pod_versions,
-            len(events),
+    def settled():  # the Running transition's own writes (status, events) have landed
+        found = audit.events(control_plane.audit_log)
+        return all(
+            audit.stamp(e) < datetime.now(timezone.utc) - timedelta(seconds=1)
+            for e in audit.writes(found, user_agent=agent, namespace=kubelet.ns)
         )
 
-    before = snapshot()
-    for _ in range(3):
-        controller.queue.add((kubelet.ns, "quiet"))  # forced resyncs
-        wait_for("queue drained", lambda: len(controller.queue) == 0)
-    time.sleep(1.5)  # and at least one log_interval requeue (the log read fails: no kubelet)
-    assert snapshot() == before
+    wait_for("the Running writes", settled, timeout=10)
+    quiet_since = datetime.now(timezone.utc)
+    reconciles = controller.metrics.reconciles.labels("success")._value.get()
+    time.sleep(controller.options.resync_seconds * 1.5)  # a full resync period and ~15 log-interval requeues
+    assert controller.metrics.reconciles.labels("success")._value.get() >= reconciles + 10, "it did look"
+    found = audit.events(control_plane.audit_log)
+    churn = audit.writes(found, user_agent=agent, namespace=kubelet.ns, since=quiet_since, succeeded=False)
+    assert churn == [], audit.describe(churn)
 
 
 def test_progress_from_rank0_logs_shows_in_kubectl_get(controller, kubelet, kubectl, admin, tmp_path):

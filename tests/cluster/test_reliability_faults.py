@@ -14,7 +14,7 @@ from controller import api
 
 pytestmark = pytest.mark.cluster
 
-HOSTS = ["172.16.5.1", "172.16.5.2"]
+HOSTS = ["172.16.5.1", "172.16.5.1"]  # one server of two NPUs (npusPerServer 2)
 
 
 def metric(controller, sample: str) -> float:

@@ -168,9 +168,15 @@ def test_the_controller_never_logs_tokens_or_sensitive_env_values(
     token = _token_kubeconfig(control_plane, kubectl, tmp_path / "sa.kubeconfig")
     env = [{"name": "API_TOKEN", "value": secret}, {"name": "WANDB_API_KEY", "value": secret[::-1]}]
     with ExitStack() as stack:
-        proc = ControllerProcess("logcheck", tmp_path / "sa.kubeconfig", tmp_path, None)
+        proc = ControllerProcess(
+            "logcheck", tmp_path / "sa.kubeconfig", tmp_path, None, lease="logcheck-test"
+        )
         stack.callback(proc.stop)
-        wait_for("the controller leads", lambda: lease_holder(admin) == "logcheck", timeout=30)
+        wait_for(
+            "the controller leads",
+            lambda: lease_holder(admin, name="logcheck-test") == "logcheck",
+            timeout=30,
+        )
         # one training whose pods are created (the env goes to the API server) ...
         apply(kubectl, training_manifest("envy", kubelet.ns, workers=2, template={"env": env}))
         # ... and one whose pods the API server refuses (the error path logs the API's answer)

@@ -1,7 +1,7 @@
 """Whatever rank 0 prints, the real API server accepts the status the plan makes of it (issue 15).
 
 A refused status write freezes a training: its status no longer moves, so its deadline and its
-backoff are no longer enforced. The plan runs in memory (tests/unit/sim.py plays the pods) on a
+backoff are no longer enforced. The plan runs in memory (tests/sim.py plays the pods) on a
 training that exists in the API server; every status it produces is written there with the
 controller's own client and read back.
 """

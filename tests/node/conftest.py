@@ -1,0 +1,108 @@
+"""The real one-node cluster (envtest/node.py) and the project's images in its containerd, once per session.
+
+Like the control plane, a node that cannot start here (not root, packages missing) fails the session in CI
+and is skipped elsewhere, with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from envtest import images
+from envtest.binaries import BinariesUnavailable
+from envtest.node import leftover_mounts, new_node, socket
+from envtest.plane import ControlPlane, ControlPlaneError
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _unavailable(message: str) -> None:
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _show(request, line: str) -> None:
+    """Printed outside capture: the test log shows what the session spent on the node."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\n{line}")
+
+
+@pytest.fixture(scope="session")
+def node(request, tmp_path_factory) -> Iterator[ControlPlane]:
+    """etcd, kube-apiserver, controller manager, containerd, kubelet, kube-scheduler, kube-proxy."""
+    started = time.monotonic()
+    try:
+        # cluster DNS only when a selected test needs it (CoreDNS takes ~20 min to build cold)
+        dns = any(item.get_closest_marker("full_node") for item in request.session.items)
+        plane = new_node(tmp_path_factory.mktemp("node"), dns=dns)
+        plane.start(timeout=180)
+    except (BinariesUnavailable, ControlPlaneError) as error:
+        _unavailable(f"the real node could not be started: {error}")
+    _show(
+        request, f"node: {plane.server} Ready in {time.monotonic() - started:.0f}s (logs in {plane.workdir})"
+    )
+    try:
+        yield plane
+    finally:
+        plane.stop()
+        assert leftover_mounts(plane) == [], "the node left mounts behind"
+
+
+def _images(request, node, tmp_path_factory, names: tuple[str, ...]) -> dict[str, str]:
+    started = time.monotonic()
+    log_path = tmp_path_factory.mktemp("images") / "images.log"
+    with open(log_path, "w") as log:
+        try:
+            tags = images.build_all(log, names)
+            images.import_all(socket(node), tags, log)
+        except images.ImageError as error:
+            _unavailable(f"the images could not be built: {error}")
+    _show(request, f"images: {sorted(tags.values())} ready in {time.monotonic() - started:.0f}s ({log_path})")
+    return tags
+
+
+@pytest.fixture(scope="session")
+def node_images(request, node, tmp_path_factory) -> dict[str, str]:
+    """The pause and controller images, built (or found by content hash) and imported into the node."""
+    return _images(request, node, tmp_path_factory, ("controller",))
+
+
+@pytest.fixture(scope="session")
+def worker_image(request, node, tmp_path_factory) -> str:
+    """The CPU worker image (3.4 GB: minutes to build cold, about a minute to import)."""
+    return _images(request, node, tmp_path_factory, ("worker-cpu",))["worker-cpu"]
+
+
+@pytest.fixture(scope="session")
+def node_kubectl(node):
+    """The release's kubectl against the node; returns CompletedProcess (never raises)."""
+
+    def run(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        cmd = [str(node.kubectl), "--kubeconfig", str(node.kubeconfig), *args]
+        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def operator(node_kubectl, node_images):
+    """The operator as an admin installs it: `kubectl apply -k overlays/local-node` (its image, its RBAC)."""
+    overlay = str(REPO / "overlays" / "local-node")
+    applied = node_kubectl("apply", "-k", overlay)
+    assert applied.returncode == 0, applied.stderr
+    available = ("wait", "-n", "deeplab-system", "--for=condition=Available", "deployment/deeplab-operator")
+    waited = node_kubectl(*available, "--timeout=240s", timeout=260)
+    try:
+        assert waited.returncode == 0, waited.stderr
+        yield overlay
+    finally:
+        node_kubectl("delete", "-k", overlay, "--wait=false")
