@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +14,13 @@ import cv2
 import numpy as np
 import pytest
 
+from envtest.plane import free_port
 from job.model import NetSettings
 
 pytestmark = pytest.mark.mindspore
 
 CLASSES = 3
 SETTINGS = NetSettings("deeplab_v3_s16", CLASSES, (2, 4, 6), 0.1, False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

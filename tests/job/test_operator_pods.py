@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,15 +24,10 @@ import yaml
 
 from controller import names, resources
 from controller.api import Training
+from envtest.plane import free_port
 
 pytestmark = pytest.mark.mindspore
 SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "cpu-smoke.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def training(port: int) -> Training:
