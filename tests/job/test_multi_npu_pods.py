@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _ms_cluster import children_of, cluster_env, free_port, processes, tiny_records, train_flags
+from _ms_cluster import children_of, cluster_env, processes, tiny_records, train_flags
 
+from envtest.plane import free_port
 from job import checkpoints
 
 pytestmark = pytest.mark.mindspore

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from _ms_cluster import (
     cluster_env,
-    free_port,
     processes,
     scheduler_command,
     stop_step,
@@ -24,6 +23,7 @@ from _ms_cluster import (
     train_flags,
 )
 
+from envtest.plane import free_port
 from job import checkpoints
 
 pytestmark = pytest.mark.mindspore
