@@ -9,8 +9,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kubelet import TWO_HOSTS, apply, one_stage_manifest, terminated_status, wait_for
+from kubelet import MERGE, TWO_HOSTS, apply, one_stage_manifest, terminated_status, wait_for
 from kubernetes import client
+
+from controller.ranktable import DEVICE_ANNOTATION
 
 pytestmark = pytest.mark.cluster
 
@@ -227,3 +229,32 @@ def test_a_rank_0_that_stops_printing_progress_is_hung(controller, kubelet, kube
         fake.stop()
         kubectl("delete", "pods", "--all", "-n", kubelet.ns, "--force", "--grace-period=0")
         kubectl("delete", "node", node, "--wait=false")
+
+
+def test_rank_table_1_2_from_super_pod_annotations(controller, kubelet, kubectl):
+    apply(kubectl, one_stage_manifest("a3", kubelet.ns, rankTableVersion="1.2"))
+    pods = wait_for("2 pods", lambda: len(kubelet.pods("a3")) == 2 and kubelet.pods("a3"))
+    kubelet.place(pods, HOSTS, device_plugin=False)
+    for index, (pod, host) in enumerate(zip(pods, HOSTS, strict=True)):
+        value = {
+            "pod_name": pod["metadata"]["name"],
+            "server_id": host,
+            "super_pod_id": 0,
+            "devices": [
+                {
+                    "device_id": "0",
+                    "device_ip": f"192.168.0.{index + 1}",
+                    "super_device_id": str(37748736 + index),
+                }
+            ],
+        }
+        patch = {"metadata": {"annotations": {DEVICE_ANNOTATION: json.dumps(value)}}}
+        kubelet.core.patch_namespaced_pod(pod["metadata"]["name"], kubelet.ns, patch, _content_type=MERGE)
+    table, _ = wait_for(
+        "complete table", lambda: kubelet.table("a3")[0].get("status") == "completed" and kubelet.table("a3")
+    )
+    assert table["version"] == "1.2"
+    assert [s["device"][0]["super_device_id"] for s in table["server_list"]] == ["37748736", "37748737"]
+    assert table["super_pod_list"] == [
+        {"super_pod_id": "0", "server_list": [{"server_id": h} for h in HOSTS]}
+    ]

@@ -1,4 +1,6 @@
-"""torchvision ResNet-101 state_dict -> our names, checked without torch on a synthetic state_dict.
+"""torchvision ResNet-101 state_dict -> our names, checked without torch on a synthetic state_dict,
+and, where torch and torchvision are installed (the bench's), end to end: our converted backbone
+computes the same features as torchvision's resnet101.
 
 Every tensor gets distinct random values, so a value that lands in the wrong parameter (a BN's weight
 taken for its bias, a running mean for a variance) shows up as a mismatch, not as equal zeros.
