@@ -91,9 +91,9 @@ class Sim:
         return Training.from_obj(self.obj)
 
     # -- one reconcile ------------------------------------------------------------------------------
-    def step(self, logs: list[str] | None = None, advance: float = 1.0) -> Plan:
-        self.now += timedelta(seconds=advance)
-        observed = Observed(
+    def observe(self, logs: list[str] | None = None) -> Observed:
+        """What the controller reads: copies, so a plan can never change the world by mutation."""
+        return Observed(
             pods=copy.deepcopy(list(self.pods.values())),
             configmap=copy.deepcopy(self.configmap),
             service=self.service,
@@ -101,7 +101,10 @@ class Sim:
             logs=logs,
             nodes=copy.deepcopy(self.nodes),
         )
-        result = plan(self.training(), observed, self.now)
+
+    def step(self, logs: list[str] | None = None, advance: float = 1.0) -> Plan:
+        self.now += timedelta(seconds=advance)
+        result = plan(self.training(), self.observe(logs), self.now)
         self.obj["status"] = result.status
         self.history.append(result)
         try:

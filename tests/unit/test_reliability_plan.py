@@ -13,7 +13,7 @@ from sim import Sim, pod_name, result_message, stage, training_obj
 
 from controller import names, resources
 from controller.api import Training
-from controller.plan import Observed, plan
+from controller.plan import plan
 
 HOSTS = ["172.16.0.1", "172.16.0.1", "172.16.0.2", "172.16.0.2"]
 PVC_MISSING = '0/4 nodes are available: persistentvolumeclaim "voc-data" not found.'
@@ -153,13 +153,7 @@ class CrashingSim(Sim):
             return super().step(logs, advance)
         self.crashed = True
         self.now += timedelta(seconds=advance)
-        observed = Observed(
-            pods=copy.deepcopy(list(self.pods.values())),
-            configmap=copy.deepcopy(self.configmap),
-            service=self.service,
-            podgroup=self.podgroup,
-        )
-        result = plan(self.training(), observed, self.now)
+        result = plan(self.training(), self.observe(logs), self.now)
         self.obj["status"] = result.status
         for action in result.actions[: self.keep]:
             self.apply(action)
