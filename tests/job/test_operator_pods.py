@@ -87,8 +87,9 @@ def service_network() -> Iterator[int]:
         run("ip", "addr", "del", f"{SCHED_POD_IP}/32", "dev", "lo")
 
 
-class Kubelet:
-    """Just enough of a kubelet to run a pod spec as a local process."""
+class PodRunner:
+    """Runs a pod spec as a local process, as a kubelet would start it (tests/cluster/kubelet.py plays the
+    other half of a kubelet: the pod status it reports to the API server)."""
 
     def __init__(self, root: Path, mounts: dict[str, Path], pod_ips: dict[str, str]):
         self.root, self.mounts, self.pod_ips = root, mounts, pod_ips
@@ -144,7 +145,7 @@ def test_two_worker_dynamic_cluster_pods_train_in_lockstep(
     assert sorted(roles.values()) == sorted([names.ROLE_SCHEDULER, names.ROLE_WORKER, names.ROLE_WORKER])
     scheduler = next(name for name in pods if roles[name] == names.ROLE_SCHEDULER)
     checkpoints = tmp_path / "checkpoints"
-    kubelet = Kubelet(tmp_path, {"/data": data_dir, "/checkpoints": checkpoints}, {scheduler: SCHED_POD_IP})
+    kubelet = PodRunner(tmp_path, {"/data": data_dir, "/checkpoints": checkpoints}, {scheduler: SCHED_POD_IP})
     # MindSpore gets IP addresses, as the controller wrote them: no name to resolve, nothing replaced.
     hosts = {name: kubelet.env(pod)["MS_SCHED_HOST"] for name, pod in pods.items()}
     assert hosts == {name: SCHED_POD_IP if name == scheduler else CLUSTER_IP for name in pods}

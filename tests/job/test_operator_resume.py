@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import test_operator_pods
 import yaml
-from test_operator_pods import CLUSTER_IP, SAMPLE, SCHED_POD_IP, Kubelet
+from test_operator_pods import CLUSTER_IP, SAMPLE, SCHED_POD_IP, PodRunner
 
 from controller import names, resources
 from controller.api import Training
@@ -60,7 +60,7 @@ def stage_name(t: Training) -> str:
     return t.spec.stages[0].name
 
 
-def start_attempt(t: Training, attempt: int, kubelet: Kubelet) -> dict[str, subprocess.Popen]:
+def start_attempt(t: Training, attempt: int, kubelet: PodRunner) -> dict[str, subprocess.Popen]:
     """Every pod of the stage's attempt, as the controller builds it, started by the kubelet player."""
     pods = resources.desired_pods(t, 0, attempt, resources.PodContext(sched_ip=CLUSTER_IP))
     scheduler = names.scheduler_name(t.name, t.uid, stage_name(t), attempt)
@@ -118,7 +118,7 @@ def test_second_attempt_resumes_from_the_first_attempts_checkpoint(
 ):
     t = training(service_network)
     stage = t.spec.stages[0].name
-    kubelet = Kubelet(tmp_path, {"/data": data_dir, "/checkpoints": tmp_path / "checkpoints"}, {})
+    kubelet = PodRunner(tmp_path, {"/data": data_dir, "/checkpoints": tmp_path / "checkpoints"}, {})
     train_dir = Path(kubelet.path(f"/checkpoints/{t.name}/{stage}"))
     saved = SAVE_STEPS
 
