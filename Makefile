@@ -7,7 +7,7 @@ JOB_STAMP := $(VENV)/.stamp-job
 DEV_STAMP := $(VENV)/.stamp-dev
 
 .PHONY: demo test lint format crd lock cluster cluster-down control-plane bench clean \
-	node-deps node-binaries node-dns node-prereqs node node-down images deploy test-node
+	node-deps node-binaries node-dns node-prereqs node node-down images deploy test-node sched-binaries test-sched
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -69,11 +69,16 @@ lock: $(DEV_STAMP)
 # first; elsewhere one line says why and those tests are skipped (with CI=true they fail instead).
 # The real-node tests that need cluster DNS (CoreDNS: ~20 min to build cold) or the 3.4 GB worker image
 # (the cpu-smoke sample, ~25 min) are marked full_node and run by `make test-node`, outside this budget.
+# tests/sched (marker sched: kube-scheduler, kwok and Kueue; Kueue alone takes ~25 min to build cold) runs
+# in `make test-sched` until its binaries fit the cold CI budget.
 test: lint control-plane node-prereqs
-	$(PY) -m pytest -m "not full_node"
+	$(PY) -m pytest -m "not full_node and not sched"
 
 test-node: node-prereqs node-dns
 	$(PY) -m pytest -m full_node
+
+test-sched: control-plane sched-binaries
+	$(PY) -m pytest -m sched
 
 cluster: control-plane
 	$(PY) -m envtest up
@@ -129,3 +134,8 @@ deploy:
 
 clean:
 	rm -rf $(VENV) .cluster .pytest_cache
+
+# tests/sched and bench/scheduling_scale.py (envtest/sched.py): kube-scheduler, kwok and Kueue, built once
+# into the binary cache (cold: about 10 + 25 minutes on 2 busy cores; warm: nothing).
+sched-binaries: $(DEV_STAMP)
+	$(PY) -m envtest.sched build

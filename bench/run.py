@@ -484,6 +484,31 @@ def operator_section(args: argparse.Namespace, info: dict) -> tuple[list[Row], d
     return rows, result
 
 
+# -- scheduling at Atlas scale (issue 13) ------------------------------------------------------------------
+def scheduling_section(args: argparse.Namespace, info: dict) -> tuple[list[Row], dict]:
+    """kube-scheduler + kwok Atlas nodes + the simulated device plugin (bench/scheduling_scale.py)."""
+    cli = ["--nodes", "16", "--workers", "128"] if args.quick else []
+    result = run_script("bench.scheduling_scale", cli, timeout=1500)
+    cmd = command_text("bench.scheduling_scale", cli)
+    if "error" in result:
+        return [Row("scheduling", f"failed: {result['error'][:300]}", command=cmd)], result
+    scale = f"scheduling {result['nodes']} nodes x 8 NPUs, {result['workers']} workers"
+    phases = (
+        f"created {result['apply_to_created_s']:.1f} s, bound {result['apply_to_bound_s']:.1f} s, "
+        f"Running {result['apply_to_running_s']:.1f} s, table {result['apply_to_table_s']:.1f} s"
+    )
+    rows = [
+        Row(f"{scale}: kubectl apply -> completed rank table", phases, "table <= 30 s",
+            _met(result["apply_to_table_s"] <= 30), cmd),
+        Row(f"{scale}: controller peak RSS", f"{result['controller_peak_rss_mib']:.0f} MiB", "< 300 MB",
+            _met(result["controller_peak_rss_mib"] * 1.048576 < 300), cmd),
+        Row(f"{scale}: rank table size / controller writes",
+            f"{result['table_bytes'] / 1024:.0f} KiB / {result['controller_writes']}", "< 1 MiB",
+            _met(result["table_bytes"] < 2**20), cmd),
+    ]  # fmt: skip
+    return rows, result
+
+
 def _met(ok: bool) -> str:
     return "yes" if ok else "no"
 
@@ -495,6 +520,7 @@ ROW_PREFIXES = {  # which section an existing RESULTS.md row belongs to (results
     "eval": ("eval ",),
     "memory": ("memory ",),
     "operator": ("rank table", "operator"),
+    "scheduling": ("scheduling ",),
 }
 
 
@@ -591,6 +617,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, dict], tuple[list[Row], Any]]]
     "eval": eval_section,
     "memory": memory_section,
     "operator": operator_section,
+    "scheduling": scheduling_section,
 }
 
 

@@ -4,8 +4,8 @@ An Atlas 800 (8 Ascend 910) takes part in a job with 1, 2, 4 or 8 NPUs, the same
 server, and 2 or 4 NPUs must sit in one HCCS ring (chips 0-3 or 4-7) (FACTS.md section 5; MindX's
 Volcano plugin enforces the same). So ranks are grouped into servers of ``npusPerServer`` and:
 
-* the pods of one server land on one node: required pod affinity on the server's label;
-* different servers land on different nodes: required pod anti-affinity on the other servers' labels.
+* the pods of one server land on one node: required pod affinity to the pods with its server label;
+* different servers land on different nodes: required pod anti-affinity to the other servers' pods.
 
 Both are plain pod (anti-)affinity on ``kubernetes.io/hostname``, which the default scheduler, Volcano
 and Kueue (which gates pods, then lets kube-scheduler place them) all respect. The scheduler places a
@@ -41,19 +41,25 @@ def server_of(pod_index: int, npus_per_pod: int, npus_per_server: int) -> int:
     return pod_index * npus_per_pod // npus_per_server
 
 
-def affinity(selector: dict[str, str], server: int, servers: int, pods_per_server: int) -> dict[str, Any]:
-    """Pod (anti-)affinity for one server's pods. ``selector`` picks this attempt's workers."""
+def affinity(selector: dict[str, str], servers: int, pods_per_server: int) -> dict[str, Any]:
+    """The pod (anti-)affinity of every worker pod of an attempt (``selector`` picks its workers).
+
+    The server is not spelt out: ``matchLabelKeys``/``mismatchLabelKeys`` take it from each pod's own
+    ``deeplab.io/server`` label (Kubernetes >= 1.31). So every worker pod carries the same affinity,
+    which Kueue needs: it groups a pod group's pods by a hash of their spec, affinity included, and
+    allows at most 8 such groups (a training of more servers would be refused).
+    """
     result: dict[str, Any] = {}
-    same = {"matchLabels": {**selector, names.LABEL_SERVER: str(server)}}
+    keys = [names.LABEL_SERVER]
     if pods_per_server > 1:
-        term = {"labelSelector": same, "topologyKey": HOSTNAME}
+        term = {"labelSelector": {"matchLabels": selector}, "matchLabelKeys": keys, "topologyKey": HOSTNAME}
         result["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
     if servers > 1:
-        others = {
-            "matchLabels": selector,
-            "matchExpressions": [{"key": names.LABEL_SERVER, "operator": "NotIn", "values": [str(server)]}],
+        term = {
+            "labelSelector": {"matchLabels": selector},
+            "mismatchLabelKeys": keys,
+            "topologyKey": HOSTNAME,
         }
-        term = {"labelSelector": others, "topologyKey": HOSTNAME}
         result["podAntiAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
     return result
 

@@ -319,8 +319,8 @@ def placed_by_server(t: Training) -> bool:
     return bool(t.spec.npu_resource)
 
 
-def server_affinity(t: Training, stage: str, attempt: int, server: int) -> dict[str, Any]:
-    """One server's pod (anti-)affinity (controller/placement.py), for this attempt's workers."""
+def worker_affinity(t: Training, stage: str, attempt: int) -> dict[str, Any]:
+    """The (anti-)affinity every worker pod of the attempt carries (controller/placement.py)."""
     selector = {
         names.LABEL_TRAINING: names.training_label(t.name),
         names.LABEL_STAGE: stage,
@@ -329,7 +329,7 @@ def server_affinity(t: Training, stage: str, attempt: int, server: int) -> dict[
     }
     per_server = t.spec.npus_per_server
     servers = max(1, t.spec.workers // per_server)
-    return placement.affinity(selector, server, servers, max(1, per_server // t.spec.npus_per_pod))
+    return placement.affinity(selector, servers, max(1, per_server // t.spec.npus_per_pod))
 
 
 def kueue_group(t: Training, stage: str, attempt: int) -> str:
@@ -394,7 +394,7 @@ def _pod(
     if role == names.ROLE_WORKER and rank is not None and placed_by_server(t):
         server = placement.server_of(rank, t.spec.npus_per_pod, t.spec.npus_per_server)
         meta["labels"][names.LABEL_SERVER] = str(server)
-        affinity.update(server_affinity(t, stage, attempt, server))
+        affinity.update(worker_affinity(t, stage, attempt))
     if affinity:
         spec["affinity"] = affinity
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
@@ -404,10 +404,10 @@ def _pod(
 RANK_ENV = ("DEEPLAB_WORKER_INDEX", "MS_NODE_ID", "MS_NODE_RANK")
 
 
-def _stamp(worker: dict[str, Any], name: str, rank: int, server: int | None, affinity: Any) -> dict[str, Any]:
+def _stamp(worker: dict[str, Any], name: str, rank: int, server: int | None) -> dict[str, Any]:
     """Rank ``rank``'s pod from rank 0's: new dicts only where the two differ (name, rank and server
-    labels, rank variables, the server's affinity); the volumes, resources, tolerations and the user's
-    template are shared, never copied. A 4,096-worker attempt with a 100 KiB template then costs 4,096
+    labels, rank variables); the volumes, resources, tolerations, affinity and the user's template are
+    shared, never copied. A 4,096-worker attempt with a 100 KiB template then costs 4,096
     small dicts, not 400 MiB of copies (manifests are serialised as they are sent and never mutated)."""
     meta = worker["metadata"]
     labels = {**meta["labels"], names.LABEL_RANK: str(rank), "replica-index": str(rank)}
@@ -417,8 +417,6 @@ def _stamp(worker: dict[str, Any], name: str, rank: int, server: int | None, aff
     container = worker["spec"]["containers"][0]
     env = [{"name": v["name"], "value": str(rank)} if v["name"] in RANK_ENV else v for v in container["env"]]
     spec = {**worker["spec"], "containers": [{**container, "env": env}]}
-    if affinity is not None:
-        spec["affinity"] = affinity
     meta = {**meta, "name": name, "labels": labels, "annotations": annotations}
     return {**worker, "metadata": meta, "spec": spec}
 
@@ -444,19 +442,12 @@ def desired_pods(
     first = names.worker_name(t.name, t.uid, stage, attempt, 0)
     worker = _pod(t, index, attempt, first, names.ROLE_WORKER, 0, ctx)
     pods = {first: worker}
-    by_server: dict[int, Any] = {0: worker["spec"].get("affinity")}
     for rank in range(1, worker_pods(t)):
         name = names.worker_name(t.name, t.uid, stage, attempt, rank)
-        server, affinity = None, None
+        server = None
         if placed_by_server(t):
             server = placement.server_of(rank, t.spec.npus_per_pod, t.spec.npus_per_server)
-            if server not in by_server:  # one affinity per server, shared by its pods
-                by_server[server] = {
-                    **(_avoid(ctx.avoid_nodes) if ctx.avoid_nodes else {}),
-                    **server_affinity(t, stage, attempt, server),
-                }
-            affinity = by_server[server]
-        pods[name] = _stamp(worker, name, rank, server, affinity)
+        pods[name] = _stamp(worker, name, rank, server)
     if t.spec.launcher == Launcher.DYNAMIC_CLUSTER:
         name = names.scheduler_name(t.name, t.uid, stage, attempt)
         pods[name] = _pod(t, index, attempt, name, names.ROLE_SCHEDULER, None, ctx)
