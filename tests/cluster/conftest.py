@@ -6,10 +6,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kubelet import SA_USER, Kubelet
+from kubelet import Kubelet, running_controller
 
 from controller import kube
-from controller.runtime import Controller, Options
+from controller.runtime import Controller
 
 
 @pytest.fixture(scope="session")
@@ -47,20 +47,5 @@ def kubelet(admin, namespace) -> Kubelet:
 @pytest.fixture(scope="module")
 def controller(control_plane, operator_installed) -> Iterator[Controller]:
     """The controller in a thread, under its ServiceAccount's RBAC (impersonated), leader-elected."""
-    options = Options(
-        log_interval=1.0,
-        resync_seconds=10.0,
-        watch_timeout=20,
-        # client-go's defaults: tight timings risk a spurious lost Lease on 2 busy cores
-        lease_duration=15,
-        renew_deadline=10,
-        retry_period=1.0,
-        identity=f"in-process-{uuid.uuid4().hex[:6]}",
-        health_addr="127.0.0.1:0",
-    )
-    instance = Controller(kube.api_client(str(control_plane.kubeconfig), as_user=SA_USER), options)
-    instance.start()
-    try:
+    with running_controller(control_plane.kubeconfig, "in-process") as instance:
         yield instance
-    finally:
-        instance.stop()

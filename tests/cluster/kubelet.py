@@ -14,13 +14,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kubernetes import client
 
-from controller import api, names
+from controller import api, kube, names
 from controller.ranktable import DEVICE_ANNOTATION
+from controller.runtime import Controller, Options
 from envtest.plane import free_port
 
 SA_USER = "system:serviceaccount:deeplab-system:deeplab-operator"
@@ -215,6 +218,28 @@ def training_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": namespace},
         "spec": body,
     }
+
+
+@contextmanager
+def running_controller(kubeconfig, name: str, resync_seconds: float = 10.0) -> Iterator[Controller]:
+    """The controller in a thread under its ServiceAccount's RBAC (impersonated), leader-elected, with
+    client-go's default Lease timings (tight ones risk a spurious lost Lease on 2 busy cores)."""
+    options = Options(
+        log_interval=1.0,
+        resync_seconds=resync_seconds,
+        watch_timeout=20,
+        lease_duration=15,
+        renew_deadline=10,
+        retry_period=1.0,
+        identity=f"{name}-{uuid.uuid4().hex[:6]}",
+        health_addr="127.0.0.1:0",
+    )
+    instance = Controller(kube.api_client(str(kubeconfig), as_user=SA_USER), options)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
 
 
 def one_stage_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:

@@ -23,14 +23,14 @@ import pytest
 from kubernetes import client
 
 from controller import kube
-from controller.runtime import Controller, Options
+from controller.runtime import Controller
 from envtest import sched
 from envtest.binaries import BinariesUnavailable
 from envtest.device_plugin import DevicePlugin
 from envtest.plane import ControlPlane, ControlPlaneError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))  # the kubelet.py helpers
-from kubelet import SA_USER
+from kubelet import running_controller
 from schedhelp import POOL_LABEL
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -101,22 +101,8 @@ def device_plugin(sched_admin) -> Iterator[DevicePlugin]:
 @pytest.fixture(scope="module")
 def sched_controller(sched_plane, sched_operator, device_plugin) -> Iterator[Controller]:
     """The controller in a thread under its ServiceAccount's RBAC, as in tests/cluster/conftest.py."""
-    options = Options(
-        log_interval=1.0,
-        resync_seconds=5.0,
-        watch_timeout=20,
-        lease_duration=15,
-        renew_deadline=10,
-        retry_period=1.0,
-        identity=f"sched-{uuid.uuid4().hex[:6]}",
-        health_addr="127.0.0.1:0",
-    )
-    instance = Controller(kube.api_client(str(sched_plane.kubeconfig), as_user=SA_USER), options)
-    instance.start()
-    try:
+    with running_controller(sched_plane.kubeconfig, "sched", resync_seconds=5.0) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture
