@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from kubernetes import client
+from sim import result_message  # noqa: F401 - the one result builder, re-exported for the cluster tests
 
 from controller import api, kube, names
 from controller.ranktable import DEVICE_ANNOTATION
@@ -182,18 +183,6 @@ def terminated_status(code: int, message: str = "", reason: str | None = None) -
         "phase": "Succeeded" if code == 0 else "Failed",
         "containerStatuses": [{**container, "state": state}],
     }
-
-
-def result_message(checkpoint: str, miou: float | None = None) -> str:
-    record = {
-        "event": "result",
-        "checkpoint": checkpoint,
-        "epochs": 2,
-        "steps": 20,
-        "loss": 0.3,
-        "miou": miou,
-    }
-    return "epoch 2 done\n" + json.dumps(record)
 
 
 def training_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
