@@ -27,6 +27,7 @@ from job import checkpoints
 
 pytestmark = pytest.mark.mindspore
 service_network = test_operator_pods.service_network  # the fixture: the cluster network played
+data_dir = test_operator_pods.data_dir  # the fixture: the smoke MindRecord set
 SAVE_STEPS = 2
 MAX_STEPS = 5  # 8 images / batch 2 = 4 steps per epoch, 2 epochs; attempt 2 stops at step 5
 
@@ -43,17 +44,6 @@ def training(port: int) -> Training:
     obj["spec"]["stages"] = [stage]
     obj["metadata"].update(namespace="default", uid="0f0e0d0c-0000-4000-8000-000000000016")
     return Training.from_obj(obj)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    from job.data.convert import convert_list
-    from job.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("resume-data")
-    train_lst, _ = generate(str(root), num_train=8, num_val=0, size=40, num_classes=21, seed=5)
-    convert_list(str(root), train_lst, str(root / "smoke.mindrecord"), 1, True)
-    return root
 
 
 def stage_name(t: Training) -> str:

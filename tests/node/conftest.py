@@ -6,34 +6,20 @@ and is skipped elsewhere, with the reason.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from planes import show, unavailable
 
 from envtest import images
 from envtest.binaries import BinariesUnavailable
 from envtest.node import leftover_mounts, new_node, socket
 from envtest.plane import ControlPlane, ControlPlaneError
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _unavailable(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-def _show(request, line: str) -> None:
-    """Printed outside capture: the test log shows what the session spent on the node."""
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\n{line}")
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +32,8 @@ def node(request, tmp_path_factory) -> Iterator[ControlPlane]:
         plane = new_node(tmp_path_factory.mktemp("node"), dns=dns)
         plane.start(timeout=180)
     except (BinariesUnavailable, ControlPlaneError) as error:
-        _unavailable(f"the real node could not be started: {error}")
-    _show(
+        unavailable(f"the real node could not be started: {error}")
+    show(
         request, f"node: {plane.server} Ready in {time.monotonic() - started:.0f}s (logs in {plane.workdir})"
     )
     try:
@@ -65,8 +51,8 @@ def _images(request, node, tmp_path_factory, names: tuple[str, ...]) -> dict[str
             tags = images.build_all(log, names)
             images.import_all(socket(node), tags, log)
         except images.ImageError as error:
-            _unavailable(f"the images could not be built: {error}")
-    _show(request, f"images: {sorted(tags.values())} ready in {time.monotonic() - started:.0f}s ({log_path})")
+            unavailable(f"the images could not be built: {error}")
+    show(request, f"images: {sorted(tags.values())} ready in {time.monotonic() - started:.0f}s ({log_path})")
     return tags
 
 

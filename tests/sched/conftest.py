@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import subprocess
 import sys
 import time
@@ -31,17 +30,11 @@ from envtest.plane import ControlPlane, ControlPlaneError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))  # the kubelet.py helpers
 from kubelet import running_controller
+from planes import show, unavailable
 from schedhelp import POOL_LABEL
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = Path(__file__).resolve().parents[2]
 _node_index = itertools.count()
-
-
-def _show(request, line: str) -> None:
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\n{line}")
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +45,8 @@ def sched_plane(request, tmp_path_factory) -> Iterator[ControlPlane]:
         plane = sched.new_sched_plane(tmp_path_factory.mktemp("sched-plane"), kueue=True)
         plane.start(timeout=180)
     except (BinariesUnavailable, ControlPlaneError) as error:
-        message = f"the scheduling plane could not be started: {error}"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    _show(request, f"sched plane: {plane.server} up in {time.monotonic() - started:.0f}s (pids {plane.pids})")
+        unavailable(f"the scheduling plane could not be started: {error}")
+    show(request, f"sched plane: {plane.server} up in {time.monotonic() - started:.0f}s (pids {plane.pids})")
     try:
         yield plane
     finally:
