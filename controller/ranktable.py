@@ -34,6 +34,7 @@ DEVICE_ANNOTATIONS = frozenset({DEVICE_ANNOTATION, NPU_DEVICE_ANNOTATION, VOLCAN
 TABLE_KEY = "hccl.json"
 VERSION_KEY = "version"  # MindX: a Unix timestamp that changes whenever the table is rewritten
 RANKS_KEY = "ranks.json"
+COMPACT = (",", ":")  # JSON separators without spaces
 MOUNT_PATH = "/user/serverid/devindex/config"  # MindX DL convention
 INITIALIZING: dict[str, Any] = {"status": "initializing"}
 MAX_DEVICE_ID = 4095  # far above any server's NPU count; guards against garbage ids
@@ -206,11 +207,12 @@ def configmap_data(
     attempt: str, table: dict[str, Any], ranks: dict[str, int], stamp: int = 0
 ) -> dict[str, str]:
     """All keys change together (kubelet swaps a ConfigMap volume's files atomically). ``version`` is
-    MindX's change marker: the Unix time of this write."""
+    MindX's change marker: the Unix time of this write. Compact JSON, as MindX's ``json.Marshal``: an
+    indented table of 4,096 ranks would not fit the ConfigMap's 1 MiB."""
     return {
-        TABLE_KEY: json.dumps(table, indent=2),
+        TABLE_KEY: json.dumps(table, separators=COMPACT),
         VERSION_KEY: str(stamp),
-        RANKS_KEY: json.dumps({"attempt": attempt, "ranks": ranks}, indent=2, sort_keys=True),
+        RANKS_KEY: json.dumps({"attempt": attempt, "ranks": ranks}, separators=COMPACT, sort_keys=True),
     }
 
 

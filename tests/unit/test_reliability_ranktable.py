@@ -120,3 +120,23 @@ def test_a_table_is_never_ready_while_a_pod_lacks_an_address(workers, data):
 def test_reading_a_hand_edited_configmap_never_raises(data):
     _, completed, ranks = ranktable.read_configmap(data)
     assert isinstance(completed, bool) and isinstance(ranks, dict)
+
+
+def test_the_largest_table_fits_in_a_configmap():
+    """MAX_WORKERS one-NPU pods with the longest names and IPv4 addresses: the ConfigMap's data stays
+    under the API server's 1 MiB (an indented table of 4,096 ranks did not)."""
+    from controller.api import MAX_WORKERS
+
+    workers = []
+    for index in range(MAX_WORKERS):
+        host = f"172.{100 + index // 8 // 250}.{100 + index // 8 % 250}.200"
+        name = f"{'n' * 40}-{index:04d}-abcde-a999-w{index}".ljust(63, "x")
+        device = {"device_id": "7", "device_ip": f"192.{100 + index % 8}.{100 + index // 250 % 150}.200"}
+        annotation = json.dumps({"pod_name": name, "server_id": host, "devices": [device]})
+        pod_ip = f"10.{100 + index // 250}.{100 + index % 250}.200"
+        workers.append(Worker(name, index, pod_ip, host, annotation))
+    table, ranks = ranktable.build(workers)
+    assert len(ranks) == MAX_WORKERS and table["status"] == "completed"
+    data = ranktable.configmap_data("a" * 80, table, ranks, stamp=1767268800)
+    size = sum(len(key) + len(value.encode()) for key, value in data.items())
+    assert size < 1024 * 1024, size
