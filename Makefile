@@ -21,16 +21,21 @@ $(DEV_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(JOB_STAMP)
 
-# Benchmarks (bench/README.md): not part of `make test`; rewrites bench/RESULTS.md.
-BENCH_STAMP := $(VENV)/.stamp-bench
+# PyTorch (CPU use only), pinned here and nowhere else: the benchmarks' baseline, and torchvision's
+# resnet101 that the convert-torch test compares our converted backbone with (`make test` installs it).
+# The stamp names the versions, so changing one reinstalls. torch and torchvision come with --no-deps
+# (pyproject.toml's `bench` extra has what they need; comment there).
 TORCH_VERSION := 2.15.0
+TORCHVISION_VERSION := 0.29.2
+TORCH_STAMP := $(VENV)/.stamp-torch-$(TORCH_VERSION)-torchvision-$(TORCHVISION_VERSION)
 
-$(BENCH_STAMP): pyproject.toml $(DEV_STAMP)
+$(TORCH_STAMP): pyproject.toml $(DEV_STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) -m pip install --quiet --no-deps torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet --no-deps torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	touch $@
 
-bench: $(BENCH_STAMP) control-plane
+# Benchmarks (bench/README.md): not part of `make test`; rewrites bench/RESULTS.md.
+bench: $(TORCH_STAMP) control-plane
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 demo: $(JOB_STAMP)
@@ -71,7 +76,7 @@ lock: $(DEV_STAMP)
 # (the cpu-smoke sample, ~25 min) are marked full_node and run by `make test-node`, outside this budget.
 # tests/sched (marker sched: kube-scheduler, kwok and Kueue; Kueue alone takes ~25 min to build cold) runs
 # in `make test-sched` until its binaries fit the cold CI budget.
-test: lint control-plane node-prereqs
+test: lint control-plane node-prereqs $(TORCH_STAMP)
 	$(PY) -m pytest -m "not full_node and not sched"
 
 test-node: node-prereqs node-dns

@@ -1,6 +1,6 @@
 """torchvision ResNet-101 state_dict -> our names, checked without torch on a synthetic state_dict,
-and, where torch and torchvision are installed (the bench's), end to end: our converted backbone
-computes the same features as torchvision's resnet101.
+and end to end with torch and torchvision (`make test` installs them, as `make bench` does): our
+converted backbone computes the same features as torchvision's resnet101.
 
 Every tensor gets distinct random values, so a value that lands in the wrong parameter (a BN's weight
 taken for its bias, a running mean for a variance) shows up as a mismatch, not as equal zeros.
@@ -138,3 +138,115 @@ def test_missing_torch_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
     with pytest.raises(BadInput, match="needs PyTorch"):
         load_torch_state(str(tmp_path / "r101.pth"))
+
+
+# DeepLabV3 at output stride 16: layer4 keeps stride 1 with dilation 2 x multi-grid (1, 2, 4).
+LAYER4_RATES = (2, 4, 8)
+# BN ranges: each field its own, so a swap changes the output (see test_converted_backbone_...).
+BN_RANGES = {"weight": (0.5, 1.5), "bias": (-0.5, 0.5), "running_mean": (0.0, 0.4), "running_var": (0.5, 2.0)}
+# Of the largest feature value. Measured 1.3e-6 (layer3) and 1.0e-6 (output): float32 (2^-24 ~ 6e-8 per
+# rounding) through 104 convolutions of up to 4,608 products, summed in another order by each framework.
+# A misplaced tensor is off by O(1).
+RELATIVE_TOLERANCE = 1e-4
+
+
+def randomized_torchvision_resnet101(torch, torchvision, seed: int):
+    """torchvision's resnet101 in eval mode with our OS16 geometry and distinct random values everywhere.
+
+    ``replace_stride_with_dilation`` gives layer4 stride 1, but torchvision dilates its three blocks
+    (1, 2, 2); DeepLabV3's multi-grid uses (2, 4, 8). Dilation and padding are conv attributes, not
+    weights, so they are set on the three 3x3 convs; layer1-3 are torchvision's, untouched.
+    Conv weights are He-scaled so activations stay finite through 101 layers.
+    """
+    model = torchvision.models.resnet101(weights=None, replace_stride_with_dilation=[False, False, True])
+    for block, rate in zip(model.layer4, LAYER4_RATES, strict=True):
+        block.conv2.dilation = block.conv2.padding = (rate, rate)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            leaf = name.rpartition(".")[2]
+            if leaf == "num_batches_tracked":
+                continue
+            if tensor.ndim > 1:  # conv (and fc) weights
+                scale = (2 / tensor[0].numel()) ** 0.5
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * scale)
+            else:
+                low, high = BN_RANGES[leaf] if "bn" in name or "downsample" in name else (-1.0, 1.0)
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+    return model.eval()
+
+
+def torchvision_features(torch, model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(layer3, layer4) of torchvision's forward, without its pooling and fc."""
+    with torch.no_grad():
+        x = torch.from_numpy(image)
+        x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        layer3 = model.layer3(model.layer2(model.layer1(x)))
+        return layer3.numpy(), model.layer4(layer3).numpy()
+
+
+def our_features(backbone, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(layer3, the backbone's own output) of our ResNet in inference mode (moving statistics)."""
+    import mindspore as ms
+
+    x = ms.Tensor(image)
+    stem = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
+    layer3 = backbone.layer3(backbone.layer2(backbone.layer1(stem)))
+    return layer3.asnumpy(), backbone(x).asnumpy()
+
+
+def relative_difference(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
+    """(max |ours - theirs|, that divided by max |theirs|): one scale for the whole feature map."""
+    worst = float(np.abs(ours - theirs).max())
+    return worst, worst / float(np.abs(theirs).max())
+
+
+def test_converted_backbone_computes_torchvision_features(tmp_path, capsys, request):
+    """The file ``python -m job convert-torch`` writes (its ``main``, in this process), loaded as
+    training loads a pretrained backbone, gives torchvision's features for the same image: at layer3
+    (both networks exactly torchvision's layout) and at the backbone's output (layer4 at our OS16
+    dilations, set on torchvision's convs). The differences are printed outside capture.
+
+    Swapping gamma/beta or mean/variance fails: the fields have disjoint ranges (gamma 0.5-1.5,
+    beta -0.5-0.5, mean 0-0.4, variance 0.5-2), so every normalisation changes by O(1) and the
+    features by far more than float32 rounding (checked once by swapping each pair in BN_NAMES:
+    layer3 off by 100 % of its largest value, and overflow to inf). conv1 is flipped RGB -> BGR on
+    conversion, so our network gets the image with its channels reversed (an unflipped conv1 fails too).
+    Without torch/torchvision this is skipped saying so, and fails under CI=true (tests/planes.py).
+    """
+    from planes import show, unavailable
+
+    try:
+        import torch
+        import torchvision
+    except ImportError as error:
+        unavailable(f"torch/torchvision not installed ({error}): `make test` or `make bench` installs them")
+    import mindspore as ms
+
+    from job import __main__, checkpoints, device, weights
+    from job.model import deeplabv3
+
+    model = randomized_torchvision_resnet101(torch, torchvision, seed=16)
+    source, destination = tmp_path / "resnet101.pth", tmp_path / "resnet101.ckpt"
+    torch.save(model.state_dict(), source)
+    assert __main__.main(["convert-torch", str(source), str(destination)]) == 0
+    assert "wrote 520 backbone parameters" in capsys.readouterr().out
+
+    device.select_device("CPU")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = deeplabv3("deeplab_v3_s16", 21)
+    report = checkpoints.load_pretrained(net, destination)
+    assert [name for name in report.missing if weights.is_backbone(name)] == []
+    net.set_train(False)
+
+    image = np.random.default_rng(16).standard_normal((1, 3, 65, 65), dtype=np.float32)
+    theirs = torchvision_features(torch, model, image)
+    ours = our_features(net.backbone, np.ascontiguousarray(image[:, ::-1]))
+    for where, mine, reference in zip(("layer3", "backbone output"), ours, theirs, strict=True):
+        assert mine.shape == reference.shape, where
+        worst, relative = relative_difference(mine, reference)
+        show(
+            request,
+            f"{where} {reference.shape}: max |ours - torchvision| {worst:.3g}, relative {relative:.2e}",
+        )
+        assert relative < RELATIVE_TOLERANCE, f"{where}: {worst:.3g} ({relative:.2e} of the largest value)"
