@@ -415,7 +415,7 @@ def training_manifest(
 
 
 def play_kubelet(core, namespace: str, pods: list[str], per_server: int = 8) -> float:
-    """Device-plugin annotations for every pod, then host IP + pod IP + Running.
+    """Binding and device-plugin annotation for every pod, then host IP + pod IP + Running.
 
     Returns the time the last IP was written."""
     from controller.ranktable import DEVICE_ANNOTATION
@@ -424,7 +424,12 @@ def play_kubelet(core, namespace: str, pods: list[str], per_server: int = 8) -> 
         return f"172.16.{index // per_server // 250}.{index // per_server % 250 + 1}"
 
     def annotate(index: int) -> None:
+        """The scheduler's binding (spec.nodeName: placement groups workers by node), then the plugin's
+        device annotation."""
         host, local = host_of(index), index % per_server
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pods[index]},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": f"node-{host}"}}  # fmt: skip
+        _drain(core.create_namespaced_pod_binding(pods[index], namespace, binding, _preload_content=False))
         value = {"pod_name": pods[index], "server_id": host, "devices": [
             {"device_id": str(local), "device_ip": f"192.168.{local}.{host.rsplit('.', 1)[1]}"}]}  # fmt: skip
         body = {"metadata": {"annotations": {DEVICE_ANNOTATION: json.dumps(value)}}}
@@ -450,6 +455,11 @@ def play_kubelet(core, namespace: str, pods: list[str], per_server: int = 8) -> 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(annotate, range(len(pods))))
         return max(pool.map(place, range(len(pods))))
+
+
+def worker_index(pod: str) -> int:
+    """``...-w12`` -> 12: the worker's index decides its server (index // npusPerServer)."""
+    return int(pod.rsplit("-w", 1)[1])
 
 
 def _drain(response) -> None:
@@ -478,9 +488,12 @@ def attempt(
         manifest = training_manifest(name, namespace, workers, template=template)
         kubectl(plane, "apply", "-f", "-", stdin=json.dumps(manifest))
         all_pods = wait_until(f"{workers} pods", lambda: len(pods.added) >= workers, timeout)
-        last_ip = play_kubelet(core, namespace, sorted(pods.added))
+        last_ip = play_kubelet(core, namespace, sorted(pods.added, key=worker_index))
         cm = f"rings-config-{name}"
-        table = wait_until("complete rank table", lambda: cm in maps.matched, timeout)
+        try:
+            wait_until("complete rank table", lambda: cm in maps.matched, timeout)
+        except TimeoutError as error:  # say why: the training's conditions
+            raise TimeoutError(f"{error}; {name}'s conditions: {_conditions(custom, namespace, name)}") from None
         table = maps.matched[cm]
         running = wait_until("Running", lambda: _phase(custom, namespace, name) == "Running", timeout, 0.2)
     finally:
@@ -521,6 +534,14 @@ def _phase(custom, namespace: str, name: str) -> str | None:
         "deeplab.io", "v1alpha1", namespace, "deeplabtrainings", name, _preload_content=False
     )
     return (json.loads(response.data).get("status") or {}).get("phase")
+
+
+def _conditions(custom, namespace: str, name: str) -> list[str]:
+    response = custom.get_namespaced_custom_object(
+        "deeplab.io", "v1alpha1", namespace, "deeplabtrainings", name, _preload_content=False
+    )
+    conditions = (json.loads(response.data).get("status") or {}).get("conditions") or []
+    return [f"{c.get('type')}={c.get('status')} {c.get('reason')}: {c.get('message')}" for c in conditions]
 
 
 def template_attempt(
