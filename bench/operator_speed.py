@@ -347,28 +347,36 @@ class Watcher:
         self.thread.start()
 
     def _run(self) -> None:
-        from kubernetes.watch.watch import iter_resp_lines
+        from urllib3.exceptions import HTTPError
 
         while not self.stop.is_set():
-            response = self.list_call(
-                self.namespace, watch=True, timeout_seconds=30, _preload_content=False, resource_version="0"
-            )
-            self.started.set()
-            for line in iter_resp_lines(response):
-                if self.stop.is_set():
-                    break
-                if not line:
-                    continue
-                event = json.loads(line)
-                now = time.time()
-                obj = event.get("object") or {}
-                name = (obj.get("metadata") or {}).get("name")
-                if name is None or event.get("type") == "BOOKMARK":
-                    continue
-                self.added.setdefault(name, now)
-                if name not in self.matched and self.predicate(obj):
-                    self.matched[name] = now
-            response.release_conn()
+            try:
+                self._watch()
+            except HTTPError:  # the plane stopped under a closing watcher, or a dropped watch: rewatch
+                self.stop.wait(0.5)
+
+    def _watch(self) -> None:
+        from kubernetes.watch.watch import iter_resp_lines
+
+        response = self.list_call(
+            self.namespace, watch=True, timeout_seconds=30, _preload_content=False, resource_version="0"
+        )
+        self.started.set()
+        for line in iter_resp_lines(response):
+            if self.stop.is_set():
+                break
+            if not line:
+                continue
+            event = json.loads(line)
+            now = time.time()
+            obj = event.get("object") or {}
+            name = (obj.get("metadata") or {}).get("name")
+            if name is None or event.get("type") == "BOOKMARK":
+                continue
+            self.added.setdefault(name, now)
+            if name not in self.matched and self.predicate(obj):
+                self.matched[name] = now
+        response.release_conn()
 
     def close(self) -> None:
         self.stop.set()
@@ -493,7 +501,8 @@ def attempt(
         try:
             wait_until("complete rank table", lambda: cm in maps.matched, timeout)
         except TimeoutError as error:  # say why: the training's conditions
-            raise TimeoutError(f"{error}; {name}'s conditions: {_conditions(custom, namespace, name)}") from None
+            conditions = _conditions(custom, namespace, name)
+            raise TimeoutError(f"{error}; {name}'s conditions: {conditions}") from None
         table = maps.matched[cm]
         running = wait_until("Running", lambda: _phase(custom, namespace, name) == "Running", timeout, 0.2)
     finally:
