@@ -485,28 +485,67 @@ def operator_section(args: argparse.Namespace, info: dict) -> tuple[list[Row], d
 
 
 # -- scheduling at Atlas scale (issue 13) ------------------------------------------------------------------
+SCHED_TABLE_TARGET_S = 30.0  # apply -> completed rank table for 1,024 workers with the real scheduler
+SCHED_RSS_TARGET_MB = 300.0
+PHASE_NAMES = {"created": "pods created", "bound": "bound", "allocated": "chips annotated",
+               "running": "Running", "table": "table"}  # fmt: skip
+
+
 def scheduling_section(args: argparse.Namespace, info: dict) -> tuple[list[Row], dict]:
-    """kube-scheduler + kwok Atlas nodes + the simulated device plugin (bench/scheduling_scale.py)."""
-    cli = ["--nodes", "16", "--workers", "128"] if args.quick else []
-    result = run_script("bench.scheduling_scale", cli, timeout=1500)
+    """kube-scheduler + kwok Atlas nodes + the simulated device plugin (bench/scheduling_scale.py): one
+    training on every NPU, then many small ones at once."""
+    cli = ["--nodes", "16", "--workers", "128", "--small", "10"] if args.quick else []
+    result = run_script("bench.scheduling_scale", cli, timeout=2400)
     cmd = command_text("bench.scheduling_scale", cli)
     if "error" in result:
         return [Row("scheduling", f"failed: {result['error'][:300]}", command=cmd)], result
-    scale = f"scheduling {result['nodes']} nodes x 8 NPUs, {result['workers']} workers"
-    phases = (
-        f"created {result['apply_to_created_s']:.1f} s, bound {result['apply_to_bound_s']:.1f} s, "
-        f"Running {result['apply_to_running_s']:.1f} s, table {result['apply_to_table_s']:.1f} s"
-    )
-    rows = [
-        Row(f"{scale}: kubectl apply -> completed rank table", phases, "table <= 30 s",
-            _met(result["apply_to_table_s"] <= 30), cmd),
-        Row(f"{scale}: controller peak RSS", f"{result['controller_peak_rss_mib']:.0f} MiB", "< 300 MB",
-            _met(result["controller_peak_rss_mib"] * 1.048576 < 300), cmd),
-        Row(f"{scale}: rank table size / controller writes",
-            f"{result['table_bytes'] / 1024:.0f} KiB / {result['controller_writes']}", "< 1 MiB",
-            _met(result["table_bytes"] < 2**20), cmd),
-    ]  # fmt: skip
+    rows: list[Row] = []
+    if "large" in result:
+        rows += scheduling_rows(
+            f"scheduling {result['nodes']} nodes x 8 NPUs, one training of {result['large']['workers']} "
+            "workers",
+            result["large"],
+            cmd,
+            table_target=True,
+        )
+    if "small" in result:
+        small = result["small"]
+        label = (
+            f"scheduling {result['nodes']} nodes x 8 NPUs, {small['trainings']} trainings x "
+            f"{small['workers_each']} workers applied at once"
+        )
+        rows += scheduling_rows(label, small, cmd, table_target=False)
     return rows, result
+
+
+def scheduling_rows(label: str, scene: dict, cmd: str, table_target: bool) -> list[Row]:
+    """apply -> tables (target only for the large training), where the time went, RSS, table, requests."""
+    total = scene["apply_to_all_tables_s"]
+    value = f"{total:.1f} s"
+    if scene["trainings"] > 1:
+        value += f" (per training: median {scene['table_s_median']:.1f} s, max {scene['table_s_max']:.1f} s)"
+    phases = scene["phases"]
+    where = ", ".join(
+        f"{text} {phases[key]['first_s']:.1f}-{phases[key]['last_s']:.1f} s"
+        if key != "table"  # its first write is the "initializing" placeholder
+        else f"{text} {phases[key]['last_s']:.1f} s"
+        for key, text in PHASE_NAMES.items()
+        if key in phases
+    )
+    rss = scene["controller_peak_rss_mib"]
+    return [
+        Row(f"{label}: kubectl apply -> every rank table complete", value,
+            f"<= {SCHED_TABLE_TARGET_S:g} s" if table_target else "info",
+            _met(total <= SCHED_TABLE_TARGET_S) if table_target else "", cmd),
+        Row(f"{label}: where the time goes (first-last write of each phase after apply; audit log)", where,
+            "info", "", cmd),
+        Row(f"{label}: controller peak RSS", f"{rss:.0f} MiB", f"< {SCHED_RSS_TARGET_MB:g} MB",
+            _met(rss * 1.048576 < SCHED_RSS_TARGET_MB), cmd),
+        Row(f"{label}: rank table size (one training: {scene['table_servers']} server(s))",
+            f"{scene['table_bytes'] / 1024:.0f} KiB", "< 1 MiB", _met(scene["table_bytes"] < 2**20), cmd),
+        Row(f"{label}: controller API requests (reads / writes)",
+            f"{scene['controller_reads']} / {scene['controller_writes']}", "info", "", cmd),
+    ]  # fmt: skip
 
 
 def _met(ok: bool) -> str:
@@ -638,8 +677,6 @@ def main() -> None:
         args.repeats = 1
     info = machine()
     results, markdown = BENCH / "results.json", BENCH / "RESULTS.md"
-    previous = json.loads(results.read_text()) if results.is_file() else {}
-    previous_md = markdown.read_text() if markdown.is_file() else ""
     started = time.perf_counter()
     current: dict[str, dict] = {}
     for name in args.only:
@@ -649,6 +686,9 @@ def main() -> None:
         run.update(wall_s=time.perf_counter() - begin, quick=args.quick, note=args.note)
         current[name] = {"raw": raw, "rows": section_rows, "run": run}
         log(f"section {name} done at {(time.perf_counter() - started) / 60:.1f} min")
+    # Read only now: a run of another section that ended meanwhile keeps its rows.
+    previous = json.loads(results.read_text()) if results.is_file() else {}
+    previous_md = markdown.read_text() if markdown.is_file() else ""
     merged = merge(previous, previous_md, current)
     results.write_text(json.dumps(merged, indent=1))
     write_results(merged)

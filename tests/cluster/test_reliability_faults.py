@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 
 import pytest
 from kubelet import MERGE, apply, result_message, training_manifest, wait_for
 from kubernetes import client
 
-from controller import api
+from controller import api, resources
 
 pytestmark = pytest.mark.cluster
 
@@ -231,35 +232,53 @@ def test_conflicts_are_retried_not_fatal(controller, kubelet, kubectl, admin, mo
     assert len(kubelet.pods(name)) == 2 and controller.healthy()
 
 
-PODGROUP_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "podgroups.scheduling.volcano.sh"},
-    "spec": {
-        "group": "scheduling.volcano.sh",
-        "scope": "Namespaced",
-        "names": {"plural": "podgroups", "singular": "podgroup", "kind": "PodGroup", "shortNames": ["pg"]},
-        "versions": [{"name": "v1beta1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-            "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-    },
-}  # fmt: skip
+# Volcano v1.14's own PodGroup CRD (its header names the source and licence): a structural schema,
+# so the API server drops any field of ours Volcano does not know and refuses a wrong type.
+VOLCANO_CRD = Path(__file__).resolve().parents[1] / "data" / "volcano-podgroups-v1.14.0.yaml"
+GANG_PRIORITY = "deeplab-gang-test"
 
 
-def test_gang_scheduling_is_all_or_nothing_and_a_stuck_gang_is_released(controller, kubelet, kubectl):
+def podgroup(kubectl, namespace: str, name: str) -> dict:
+    found = kubectl("get", "podgroups.scheduling.volcano.sh", name, "-n", namespace, "-o", "json")
+    assert found.returncode == 0, found.stderr
+    return json.loads(found.stdout)
+
+
+def podgroup_as_built(kubectl, namespace: str, name: str) -> dict:
+    """The PodGroup read back, checked field by field against what controller/resources.py builds
+    from the training read back: nothing pruned or rewritten; the only addition the schema's default
+    queue."""
+    group = podgroup(kubectl, namespace, name)
+    training = json.loads(kubectl("get", "dlt", name, "-n", namespace, "-o", "json").stdout)
+    built = resources.podgroup(api.Training.from_obj(training))
+    assert {key: group["spec"].get(key) for key in built["spec"]} == built["spec"], group["spec"]
+    added = {key: value for key, value in group["spec"].items() if key not in built["spec"]}
+    assert added in ({}, {"queue": "default"}), added
+    for key in ("labels", "ownerReferences"):
+        assert group["metadata"][key] == built["metadata"][key], key
+    return group
+
+
+def test_gang_scheduling_is_all_or_nothing_and_a_stuck_gang_is_released(controller, kubelet, kubectl, admin):
     """Volcano's contract (not Volcano itself): a PodGroup with minMember = every pod of the attempt,
     each pod naming it and schedulerName volcano; a gang that never fits is failed after
-    pendingTimeoutSeconds with every pod deleted, so no half of it holds NPUs."""
-    installed = kubectl("apply", "-f", "-", stdin=json.dumps(PODGROUP_CRD))
+    pendingTimeoutSeconds with every pod deleted, so no half of it holds NPUs. The PodGroup is checked
+    against Volcano's published CRD on the real API server (accepted, nothing pruned)."""
+    installed = kubectl("apply", "--server-side", "-f", str(VOLCANO_CRD))
     assert installed.returncode == 0, installed.stderr
+    priority = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                "metadata": {"name": GANG_PRIORITY}, "value": 1000}  # fmt: skip
     try:
+        apply(kubectl, priority)
         kubectl("wait", "--for=condition=Established", "crd/podgroups.scheduling.volcano.sh", "--timeout=30s")
         one = [{"name": "only", "dataFile": "d.mindrecord0", "epochs": 1}]
         apply(
             kubectl,
             training_manifest(
-                "gang-table", kubelet.ns, workers=2, gang="volcano", stages=one, pendingTimeoutSeconds=6
+                "gang-table", kubelet.ns, workers=2, gang="volcano", stages=one, pendingTimeoutSeconds=6,
+                queue="ascend-train", template={"priorityClassName": GANG_PRIORITY},
             ),
-        )
+        )  # fmt: skip
         apply(
             kubectl,
             training_manifest(
@@ -276,14 +295,24 @@ def test_gang_scheduling_is_all_or_nothing_and_a_stuck_gang_is_released(controll
             pods = wait_for(
                 f"{name} pods", lambda n=name, m=members: len(kubelet.pods(n)) == m and kubelet.pods(n)
             )
-            group = json.loads(
-                kubectl("get", "podgroups.scheduling.volcano.sh", name, "-n", kubelet.ns, "-o", "json").stdout
-            )
+            group = podgroup_as_built(kubectl, kubelet.ns, name)
             assert group["spec"]["minMember"] == members == len(pods)
             assert group["metadata"]["ownerReferences"][0]["name"] == name
             for pod in pods:
                 assert pod["spec"]["schedulerName"] == "volcano"
                 assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == name
+        table_group = podgroup_as_built(kubectl, kubelet.ns, "gang-table")["spec"]
+        assert table_group == {"minMember": 2, "queue": "ascend-train", "priorityClassName": GANG_PRIORITY,
+                               "minResources": {"huawei.com/Ascend910": "2"}}  # fmt: skip
+        # the control: created as the controller creates PodGroups, a misspelt field is silently dropped
+        typo = {"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup",
+                "metadata": {"name": "typo", "namespace": kubelet.ns},
+                "spec": {"minMember": 2, "minresources": {"huawei.com/Ascend910": "2"}}}  # fmt: skip
+        client.CustomObjectsApi(admin).create_namespaced_custom_object(
+            "scheduling.volcano.sh", "v1beta1", kubelet.ns, "podgroups", typo
+        )
+        kept = podgroup(kubectl, kubelet.ns, "typo")["spec"]
+        assert kept == {"minMember": 2, "queue": "default"}, kept
         # Volcano binds none of gang-table's pods (it does not fit): after 6s it is released entirely
         wait_for("PendingTimeout", lambda: kubelet.status("gang-table").get("phase") == "Failed", timeout=20)
         assert kubelet.status("gang-table")["reason"] == "PendingTimeout"
@@ -291,3 +320,4 @@ def test_gang_scheduling_is_all_or_nothing_and_a_stuck_gang_is_released(controll
     finally:
         kubectl("delete", "dlt", "--all", "-n", kubelet.ns, "--wait=false")
         kubectl("delete", "crd", "podgroups.scheduling.volcano.sh", "--timeout=60s")
+        kubectl("delete", "priorityclass", GANG_PRIORITY, "--ignore-not-found")

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from kubelet import Kubelet, apply, wait_for
-from schedhelp import all_running, bound_nodes, finish, training
+from schedhelp import all_running, bound_nodes, condition, finish, training
 
 from envtest import sched
 
@@ -71,6 +71,7 @@ def test_kueue_admits_one_training_whole_and_the_other_waits_whole(
     counts = {p["metadata"]["annotations"].get(sched.POD_GROUP_COUNT_ANNOTATION) for p in waiting}
     assert counts == {str(WORKERS)}, counts
     assert kubelet.table(loser)[0].get("status") != "completed"
+    shown_while_waiting(sched_kubectl, kubelet, loser)
 
     finish(kubelet, winner)
     wait_for(f"{winner} Succeeded", lambda: kubelet.status(winner).get("phase") == "Succeeded", timeout=60)
@@ -82,6 +83,32 @@ def test_kueue_admits_one_training_whole_and_the_other_waits_whole(
         refused = list(device_plugin.refused.values())[-3:]
         plugin = f"device plugin errors {device_plugin.errors[-3:]}, refused {refused}"
         raise AssertionError(f"{error}; {plugin}") from None
+
+
+def shown_while_waiting(sched_kubectl, kubelet: Kubelet, name: str) -> None:
+    """What a user sees while Kueue holds a training's pods (README "Placement and gang admission"):
+    phase Pending, PodsPending with the pods' SchedulingGated reason and one Warning event; why Kueue
+    holds them is on Kueue's Workload for the pod group (QuotaReserved False)."""
+
+    def gated_condition():
+        found = condition(kubelet, name, "PodsPending")
+        return found and found["status"] == "True" and found["reason"] == "SchedulingGated" and found
+
+    pending = wait_for(f"{name}'s PodsPending", gated_condition, timeout=30)
+    assert "scheduling gates" in pending["message"], pending
+    assert f"{WORKERS} of {WORKERS} pod(s) not running" in pending["message"], pending
+    table = sched_kubectl("get", "dlt", name, "-n", kubelet.ns)
+    assert "Pending" in table.stdout.splitlines()[1].split(), table.stdout  # NAME STAGE PHASE EPOCH ...
+    warnings = [e for e in kubelet.events(name) if e["reason"] == "SchedulingGated"]
+    assert [e["type"] for e in warnings] == ["Warning"], warnings
+    listed = json.loads(sched_kubectl("get", "workloads", "-n", kubelet.ns, "-o", "json").stdout)["items"]
+    held = [
+        c
+        for w in listed
+        for c in (w.get("status") or {}).get("conditions") or ()
+        if c["type"] == "QuotaReserved" and c["status"] == "False"
+    ]
+    assert len(held) == 1 and "insufficient unused quota" in held[0]["message"], held
 
 
 def test_without_gang_two_trainings_deadlock_half_bound(
