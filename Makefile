@@ -35,7 +35,7 @@ $(TORCH_STAMP): pyproject.toml $(DEV_STAMP)
 	touch $@
 
 # Benchmarks (bench/README.md): not part of `make test`; rewrites bench/RESULTS.md.
-bench: $(TORCH_STAMP) control-plane
+bench: $(TORCH_STAMP) control-plane sched-binaries
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 demo: $(JOB_STAMP)
