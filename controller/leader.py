@@ -51,7 +51,7 @@ class LeaderElector:
             retry_period,
         )
         self.is_leader = threading.Event()
-        self._renewed_at = 0.0  # monotonic time of the last successful acquire or renew
+        self._renewed_at = 0.0  # monotonic time the last successful acquire or renew was *sent*
         self.fatal = ""  # set when campaigning cannot succeed; the process exits with it as one line
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
@@ -142,13 +142,10 @@ class LeaderElector:
         if stop.is_set():
             return
         log.info("leader election: %s acquired lease %s/%s", self.identity, self.namespace, self.name)
-        self._renewed_at = time.monotonic()
         self.is_leader.set()
         on_started()
         while not stop.wait(self.retry_period):
-            if self._attempt():
-                self._renewed_at = time.monotonic()
-            elif time.monotonic() - self._renewed_at > self.renew_deadline:
+            if not self._attempt() and time.monotonic() - self._renewed_at > self.renew_deadline:
                 log.error("leader election: %s lost lease %s/%s", self.identity, self.namespace, self.name)
                 self.is_leader.clear()
                 on_stopped()
@@ -164,8 +161,13 @@ class LeaderElector:
         return self.is_leader.is_set() and time.monotonic() - self._renewed_at < self.renew_deadline
 
     def _attempt(self) -> bool:
+        """One acquire or renew. A success counts from before the request went out, not from its reply:
+        a replica paused between sending a renew and reading the 200 (SIGSTOP, a frozen VM) wakes up to a
+        renewal as old as the pause, and another replica may hold the Lease by then (seen in
+        tests/cluster/test_lost_lease.py: stamped at the reply, the fence let the woken replica write)."""
+        sent = time.monotonic()
         try:
-            return self.try_acquire_or_renew()
+            renewed = self.try_acquire_or_renew()
         except LeaseNamespaceMissing:
             raise
         except ApiException as error:  # one line, not the response's headers and body
@@ -176,6 +178,9 @@ class LeaderElector:
         except Exception as error:  # the API server may be briefly away; keep campaigning
             log.warning("leader election: %s", error)
             return False
+        if renewed:
+            self._renewed_at = sent
+        return renewed
 
     def release(self) -> None:
         """Graceful shutdown: hand the Lease over at once instead of after leaseDurationSeconds."""

@@ -223,10 +223,12 @@ class Controller:
             self.queue.add(key)
 
     def _lost(self) -> None:
-        """Lost the Lease: stop working at once; the process exits and the Deployment restarts it."""
+        """Lost the Lease: stop working at once; the process exits and the Deployment restarts it. The
+        threads are stopped before ``lost_lease`` lets main return: an interpreter that exits under a
+        request in flight can abort (SIGABRT seen in tests/cluster/test_lost_lease.py)."""
         self.metrics.leader.set(0)
-        self.lost_lease.set()
         self.stop()
+        self.lost_lease.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful: finish the reconcile in flight, close the watches, hand over the Lease."""
@@ -279,6 +281,10 @@ class Controller:
         except NotLeading as error:
             log.warning("reconcile %s/%s: %s", *key, error)
             self.metrics.reconciles.labels("fenced").inc()
+            # Kept, not dropped: a leader only late to renew (nobody took over) renews and carries on,
+            # its timers (deadline, TTL, progress) intact; one that lost the Lease is stopping, and its
+            # shut-down queue refuses the key.
+            self.queue.add_after(key, self.options.retry_period)
         except NamespaceGone as error:
             log.debug("reconcile %s/%s: %s", *key, error)
             self.queue.forget(key)

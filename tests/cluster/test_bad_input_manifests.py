@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-import urllib.request
+import logging
 
 import pytest
 from kubelet import apply, training_manifest, wait_for
@@ -126,13 +126,9 @@ def _image_pull_backoff(kubelet, pod: str, image: str) -> None:
     )
 
 
-def _errors(controller) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{controller.health_port}/metrics").read().decode()
-    line = next((x for x in body.splitlines() if x.startswith("deeplab_reconcile_errors_total ")), "x 0")
-    return float(line.split()[1])
-
-
-def test_runtime_problems_surface_as_condition_and_event_within_one_resync(controller, kubelet, kubectl):
+def test_runtime_problems_surface_as_condition_and_event_within_one_resync(
+    controller, kubelet, kubectl, caplog
+):
     one_stage = [{"name": "only", "dataFile": "d.mindrecord0", "epochs": 1}]
     problems = {
         "no-pvc": ('persistentvolumeclaim "voc-data" not found', "Unschedulable"),
@@ -147,7 +143,7 @@ def test_runtime_problems_surface_as_condition_and_event_within_one_resync(contr
         )
     for name in problems:
         wait_for(f"{name} pods", lambda n=name: len(kubelet.pods(n)) == 2)
-    errors_before = _errors(controller)
+    caplog.set_level(logging.ERROR, logger="controller.runtime")
 
     # what the scheduler and the kubelet would write
     _unschedulable(
@@ -212,7 +208,15 @@ def test_runtime_problems_surface_as_condition_and_event_within_one_resync(contr
         == "False"
     )
 
-    assert _errors(controller) == errors_before, "reported, never a failed (retried, crash-looping) reconcile"
+    # Reported, never a failed (retried, crash-looping) reconcile of *this* test's trainings: the shared
+    # controller's error counter also counts other tests' namespaces being deleted meanwhile (4 runs in 10
+    # failed on that: a ConfigMap replace answered 404 in a namespace torn down by the previous test).
+    failed = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.getMessage().startswith(f"reconcile {kubelet.ns}/")
+    ]
+    assert failed == [], failed
     assert controller.healthy()
     # one event per cause, not one per resync
     out = kubectl(

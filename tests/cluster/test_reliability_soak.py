@@ -215,7 +215,8 @@ def test_soak_twenty_trainings_with_faults_and_leader_kills(
 
         spawn("soak-a")
         spawn("soak-b")
-        wait_for("a leader", lambda: lease_holder(admin, name=LEASE) in replicas, timeout=30)
+        # process start to a held Lease: up to 39 s at load average 15 (see test_controller_restart.py)
+        wait_for("a leader", lambda: lease_holder(admin, name=LEASE) in replicas, timeout=90)
 
         specs = {}
         for index in range(TRAININGS):
@@ -264,7 +265,7 @@ def test_soak_twenty_trainings_with_faults_and_leader_kills(
                     replacement = replicas[f"soak-{chr(ord('c') + restarts - 1)}"]
                     while replacement.get("/readyz") != "ok":  # a warm standby before the next kill
                         cluster.tick()
-                        assert time.monotonic() - killed < 30, "the replacement never became ready"
+                        assert time.monotonic() - killed < 90, "the replacement never became ready"
             time.sleep(0.1)
         wall = time.monotonic() - started
 

@@ -175,7 +175,7 @@ def test_the_controller_never_logs_tokens_or_sensitive_env_values(
         wait_for(
             "the controller leads",
             lambda: lease_holder(admin, name="logcheck-test") == "logcheck",
-            timeout=30,
+            timeout=90,  # process start included: up to 39 s at load average 15 (test_controller_restart.py)
         )
         # one training whose pods are created (the env goes to the API server) ...
         apply(kubectl, training_manifest("envy", kubelet.ns, workers=2, template={"env": env}))
