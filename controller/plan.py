@@ -686,9 +686,24 @@ class _Planner:
             self.converge_table(pods)
         if not launched:
             present = {p.name for p in pods}
-            self.actions += [Create(m) for name, m in desired.items() if name not in present]
+            missing = [m for name, m in desired.items() if name not in present]
+            if missing and self.dynamic and self.earlier_scheduler_running():
+                self.requeue.append(SERVICE_WAIT_SECONDS)
+            else:
+                self.actions += [Create(m) for m in missing]
         self.update_phase(pods)
         self.update_progress()
+
+    def earlier_scheduler_running(self) -> bool:
+        """dynamicCluster: a scheduler pod of an earlier attempt still runs. It ignores SIGTERM until its
+        workers have left (up to the grace period), and the training's Service selects every scheduler
+        pod of the training, so a new worker could register with it and fail ("Repeated registration
+        node ... another scheduler process with port ... still running", seen on a real node): the
+        next attempt's pods are created once it is gone."""
+        current = {p.name for p in self.current_pods()}
+        return any(
+            p.role == names.ROLE_SCHEDULER and p.name not in current and not p.finished for p in self.pods
+        )
 
     def converge_service(self) -> None:
         """The scheduler's ClusterIP Service exists before any pod: its IP is the workers' MS_SCHED_HOST.

@@ -292,12 +292,31 @@ def security_context(t: Training, role: str) -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    if not (role == names.ROLE_WORKER and t.spec.npu_resource):
+    if not runs_as_root(t, role):
         context["runAsNonRoot"] = True
         # An image whose USER is root (the Ascend image) still starts, as an unprivileged uid.
         context["runAsUser"] = NON_ROOT_UID
         context["runAsGroup"] = NON_ROOT_UID
     return context
+
+
+def runs_as_root(t: Training, role: str) -> bool:
+    """NPU workers keep the image's root user (see ``security_context``); every other pod is uid 1000."""
+    return role == names.ROLE_WORKER and bool(t.spec.npu_resource)
+
+
+def pod_security_context(t: Training, role: str) -> dict[str, Any] | None:
+    """The pod's: volumes the kubelet can hand over become writable for the non-root user.
+
+    With ``fsGroup`` the kubelet gives a PVC (or emptyDir) the group NON_ROOT_UID, group-writable, so
+    the CPU worker can write checkpoints to a fresh volume whose root directory belongs to root, as
+    provisioned volumes do. ``OnRootMismatch``: only when the volume's root is not so already, not a
+    recursive walk of a large checkpoint volume at every start. The kubelet never changes hostPath
+    volumes (the cpu-smoke sample's data Job hands those over); NPU workers run as root and need none.
+    """
+    if runs_as_root(t, role):
+        return None
+    return {"fsGroup": NON_ROOT_UID, "fsGroupChangePolicy": "OnRootMismatch"}
 
 
 @dataclass(frozen=True)
@@ -380,6 +399,9 @@ def _pod(
         "containers": [container],
         "volumes": volumes,
     }
+    pod_context = pod_security_context(t, role)
+    if pod_context:
+        spec["securityContext"] = pod_context
     scheduler = t.spec.scheduler_name or ("volcano" if t.spec.gang == Gang.VOLCANO else None)
     if scheduler:
         spec["schedulerName"] = scheduler

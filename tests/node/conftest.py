@@ -6,18 +6,28 @@ and is skipped elsewhere, with the reason.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from planes import show, unavailable
 
-from envtest import images
-from envtest.binaries import BinariesUnavailable
-from envtest.node import leftover_mounts, new_node, socket
-from envtest.plane import ControlPlane, ControlPlaneError
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))  # the kubelet.py helpers
+pytest.register_assert_rewrite("nodehelp")
+from nodehelp import SMOKE_PREFIX, localise  # noqa: E402
+
+from controller import kube  # noqa: E402
+from envtest import images  # noqa: E402
+from envtest.binaries import BinariesUnavailable  # noqa: E402
+from envtest.node import leftover_mounts, new_node, socket  # noqa: E402
+from envtest.plane import ControlPlane, ControlPlaneError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,3 +102,32 @@ def operator(node_kubectl, node_images):
         yield overlay
     finally:
         node_kubectl("delete", "-k", overlay, "--wait=false")
+
+
+@pytest.fixture(scope="session")
+def node_admin(node):
+    """An admin API client of the node (watches, patches): the test's own hands."""
+    return kube.api_client(str(node.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def smoke_data(node_kubectl, worker_image) -> Iterator[Path]:
+    """manifests/samples/cpu-smoke-data.yaml run once, as a user would, into a directory of the session's
+    own under the allowed hostPath prefix: ``data/`` (8 synthetic 65 px images as MindRecord, a 4-image
+    validation list) and ``checkpoints/`` owned by the worker's uid 1000. The trainings of the tests put
+    their checkpoints under ``checkpoints/<training>/``, so one data set serves them all."""
+    base = SMOKE_PREFIX / f"session-{uuid.uuid4().hex[:8]}"
+    sample = yaml.safe_load((REPO / "manifests" / "samples" / "cpu-smoke-data.yaml").read_text())
+    job = localise(sample, worker_image, base)
+    job["metadata"]["name"] = f"smoke-data-{base.name}"  # never the name the cpu-smoke test applies
+    try:
+        applied = node_kubectl("apply", "-f", "-", stdin=json.dumps(job))
+        assert applied.returncode == 0, applied.stderr
+        name = f"job/{job['metadata']['name']}"
+        done = node_kubectl("wait", "--for=condition=Complete", name, "--timeout=600s", timeout=620)
+        assert done.returncode == 0, node_kubectl("logs", name).stdout[-3000:]
+        assert (base / "data" / "smoke.mindrecord0").is_file()
+        node_kubectl("delete", name, "--wait=false")
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

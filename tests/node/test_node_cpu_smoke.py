@@ -15,29 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from nodehelp import SMOKE_PREFIX, localise
 
 pytestmark = [pytest.mark.node, pytest.mark.full_node]  # the 3.4 GB worker image, ~25 min
 
 SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
-PREFIX = Path("/var/lib/deeplab-smoke")  # what overlays/local-node allows
 LABEL = "deeplab.io/training"
-
-
-def _localise(obj: dict, image: str, base: Path) -> dict:
-    """The sample's image and hostPath directories -> the local image and the test's own directories."""
-    text = json.dumps(obj).replace(str(PREFIX), str(base))
-    obj = json.loads(text)
-    spec = obj["spec"]["template"]["spec"] if obj["kind"] == "Job" else obj["spec"]
-    if obj["kind"] == "Job":
-        spec["containers"][0].update(image=image, imagePullPolicy="Never")
-    else:
-        spec.update(image=image, imagePullPolicy="Never")
-    return obj
 
 
 @pytest.fixture
 def smoke_dir():
-    base = PREFIX / f"test-{uuid.uuid4().hex[:8]}"
+    base = SMOKE_PREFIX / f"test-{uuid.uuid4().hex[:8]}"
     try:
         yield base
     finally:
@@ -52,7 +40,7 @@ def _get(node_kubectl, *args: str) -> dict:
 # Cold, the worker image's build and import (setup) take up to 15 minutes on 2 shared cores, the training 8.
 @pytest.mark.timeout(2700)
 def test_cpu_smoke_sample_runs_two_stages_on_real_pods(operator, node_kubectl, worker_image, smoke_dir):
-    job = _localise(yaml.safe_load((SAMPLES / "cpu-smoke-data.yaml").read_text()), worker_image, smoke_dir)
+    job = localise(yaml.safe_load((SAMPLES / "cpu-smoke-data.yaml").read_text()), worker_image, smoke_dir)
     assert node_kubectl("apply", "-f", "-", stdin=json.dumps(job)).returncode == 0
     done = node_kubectl(
         "wait", "--for=condition=Complete", "job/deeplab-smoke-data", "--timeout=600s", timeout=620
@@ -61,7 +49,7 @@ def test_cpu_smoke_sample_runs_two_stages_on_real_pods(operator, node_kubectl, w
     assert (smoke_dir / "data" / "smoke.mindrecord0").is_file()
     assert (smoke_dir / "checkpoints").stat().st_uid == 1000
 
-    training = _localise(yaml.safe_load((SAMPLES / "cpu-smoke.yaml").read_text()), worker_image, smoke_dir)
+    training = localise(yaml.safe_load((SAMPLES / "cpu-smoke.yaml").read_text()), worker_image, smoke_dir)
     training["metadata"]["namespace"] = "default"
     applied = node_kubectl("apply", "-f", "-", stdin=json.dumps(training))
     assert applied.returncode == 0, applied.stderr
