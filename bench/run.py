@@ -1,6 +1,7 @@
 """Run every benchmark this machine can run and write bench/RESULTS.md (``make bench``).
 
-    python -m bench.run [--quick] [--only train pipeline eval memory operator scheduling] [--repeats 2] [--note TEXT]
+    python -m bench.run [--quick] [--repeats 2] [--note TEXT]
+        [--only train pipeline eval memory operator scheduling]
 
 Each measurement runs in its own process (bench/*.py print one RESULT line). Variants that are
 compared are measured in the same run and interleaved (A B C, then C B A, ...), and the figures are

@@ -65,12 +65,12 @@ IMAGES = {
     "controller": Image(
         "localhost/deeplab-controller",
         "images/controller.Dockerfile",
-        ("images/requirements-controller.lock", "pyproject.toml", "README.md", "controller"),
+        ("images/requirements-controller.lock", "pyproject.toml", "controller"),
     ),
     "worker-cpu": Image(
         "localhost/deeplab-worker-cpu",
         "images/worker-cpu.Dockerfile",
-        ("images/requirements-worker.lock", "pyproject.toml", "README.md", "job"),
+        ("images/requirements-worker.lock", "pyproject.toml", "job"),
     ),
 }
 

@@ -12,7 +12,7 @@ WORKDIR /src
 # the project itself is built offline with that setuptools. `pip check` fails a lock missing a dependency.
 COPY images/requirements-controller.lock /tmp/requirements.lock
 RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements.lock
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 # Only the package this image runs: no job/ (MindSpore), no envtest/.
 COPY controller controller
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation --no-index . \

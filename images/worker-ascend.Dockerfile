@@ -12,7 +12,7 @@ WORKDIR /src
 # itself is built offline with the locked setuptools. `pip check` fails a lock missing a dependency.
 COPY images/requirements-worker.lock /tmp/requirements.lock
 RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements.lock
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 # Only the package this image runs: no controller/, no envtest/.
 COPY job job
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation --no-index . \
