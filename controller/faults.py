@@ -23,6 +23,7 @@ from controller.api import FailureAction, FailurePolicy
 DISRUPTION_TARGET = "DisruptionTarget"  # pod condition set by eviction, preemption, taint manager, PodGC
 EXIT_BAD_INPUT = 2  # job.recipe.EXIT_BAD_INPUT: a configuration or data error, retrying cannot help
 EXIT_SIGTERM = 143  # 128 + SIGTERM: the job saved and stopped because it was asked to
+EXIT_SIGKILL = 137  # 128 + SIGKILL: the kubelet's kill once the grace period ran out (or the OOM killer)
 
 # What an NPU or HCCL failure leaves in the worker's termination message (its log tail): HCCL's own
 # name, and CANN's error codes of the collective library (EI: HCCL, EJ: HCCP, the RoCE transport) and
@@ -46,16 +47,25 @@ def disruption(status: dict[str, Any], deleting: bool, exit_code: int | None) ->
 
     A pod carrying ``DisruptionTarget=True`` was evicted, preempted or lost with its node; a pod being
     deleted that had not finished was removed by someone else (the controller only deletes pods of
-    attempts it has already ended). Either way the job's exit code is the 143 of the SIGTERM, or none.
+    attempts it has already ended). Either way the job's exit code is the 143 of the SIGTERM, the 137 of
+    the kill when saving outlasted the grace period (seen on a loaded node), or none; a deleted pod the
+    OOM killer ended is still a failure.
     """
     for condition in status.get("conditions") or []:
         if condition.get("type") == DISRUPTION_TARGET and condition.get("status") == "True":
             return condition.get("reason") or DISRUPTION_TARGET
     if status.get("reason") == "Evicted":  # node-pressure eviction by a kubelet older than the condition
         return "Evicted"
-    if deleting and exit_code in (None, EXIT_SIGTERM):
+    if deleting and exit_code in (None, EXIT_SIGTERM, EXIT_SIGKILL) and not _oom_killed(status):
         return "Deleted"
     return ""
+
+
+def _oom_killed(status: dict[str, Any]) -> bool:
+    return any(
+        ((container.get("state") or {}).get("terminated") or {}).get("reason") == "OOMKilled"
+        for container in status.get("containerStatuses") or []
+    )
 
 
 def device_fault(message: str | None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
 from sim import CLUSTER_IP, HOSTS, Sim, node_name, pod_name, running, training_obj
 
 from controller import faults, names, resources
@@ -202,6 +203,24 @@ def test_a_pod_deleted_by_someone_else_is_a_disruption():
     sim.pods[pod_name(STAGE, 1, 3)]["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
     sim.step()
     assert sim.status["attempt"] == 2 and sim.status["stages"][0]["disruptions"] == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "disrupted"), [(143, None, True), (137, None, True), (137, "OOMKilled", False)]
+)
+def test_a_deleted_pod_killed_after_its_grace_period_is_a_disruption_unless_out_of_memory(
+    code, reason, disrupted
+):
+    """Deleted by someone else: the job saves on SIGTERM and exits 143, or the kubelet kills it (137) when
+    saving outlasts the grace period; neither is the training's fault. The OOM killer's 137 is."""
+    sim = running(training_obj(backoffLimit=1))
+    pod = sim.pods[pod_name(STAGE, 1, 3)]
+    pod["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+    sim.terminate(pod, code, "stopped by SIGTERM after step 4", reason=reason)
+    sim.step()
+    record = sim.status["stages"][0]
+    assert sim.status["attempt"] == 2
+    assert (record["disruptions"], record["failures"]) == ((1, 0) if disrupted else (0, 1))
 
 
 def test_failure_rules_decide_in_order_then_exit_2_fails():
