@@ -98,10 +98,23 @@ def operator(node_kubectl, node_images):
     available = ("wait", "-n", "deeplab-system", "--for=condition=Available", "deployment/deeplab-operator")
     waited = node_kubectl(*available, "--timeout=240s", timeout=260)
     try:
-        assert waited.returncode == 0, waited.stderr
+        assert waited.returncode == 0, why_not_available(node_kubectl, waited.stderr)
         yield overlay
     finally:
         node_kubectl("delete", "-k", overlay, "--wait=false")
+
+
+def why_not_available(node_kubectl, error: str) -> str:
+    """The wait's error with what the pods of deeplab-system say: their status, events and last logs."""
+    shown = [error]
+    for args in (
+        ("get", "pods", "-n", "deeplab-system", "-o", "wide"),
+        ("describe", "pods", "-n", "deeplab-system"),
+        ("logs", "-n", "deeplab-system", "-l", "app.kubernetes.io/name=deeplab-operator", "--tail=30"),
+    ):
+        result = node_kubectl(*args)
+        shown.append(f"$ kubectl {' '.join(args)}\n{result.stdout[-3000:]}{result.stderr[-500:]}")
+    return "\n".join(shown)
 
 
 @pytest.fixture(scope="session")
