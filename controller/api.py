@@ -36,6 +36,9 @@ ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 DEFAULT_NPU_RESOURCE = "huawei.com/Ascend910"
 MAX_STAGES = 16
 MAX_WORKERS = 4096
+# Worker pods' terminationGracePeriodSeconds: on SIGTERM the job finishes its step and saves a checkpoint.
+DEFAULT_TERMINATION_GRACE_SECONDS = 60
+MAX_TERMINATION_GRACE_SECONDS = 3600
 
 # Bounds of the free-form parts of the spec: a manifest can never make the controller build huge pods
 # (every attempt's pods carry the template; desired pods are built on every reconcile).
@@ -486,6 +489,15 @@ class PodTemplatePatch(Model):
     """Added to every pod's labels (the operator's own labels win)."""
     priority_class_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
     """PriorityClass of the pods (and of the Volcano PodGroup)."""
+    termination_grace_period_seconds: int = Field(
+        default=DEFAULT_TERMINATION_GRACE_SECONDS, ge=1, le=MAX_TERMINATION_GRACE_SECONDS
+    )
+    """The pods' terminationGracePeriodSeconds: how long a deleted, evicted or replaced worker may take to
+    finish its step and save a checkpoint (exit 143) before the kubelet's SIGKILL (137). Raise it for slow
+    checkpoint storage (NFS, OBS) or loaded nodes. The dynamicCluster scheduler pod gets the same value: it
+    serves until its workers have left. At least 1 (0 would kill before any save); at most 3600, because
+    until then a rank stuck in a collective keeps its NPUs and delays the next attempt. A change applies
+    to pods created afterwards (the next attempt); running pods keep theirs."""
 
 
 _SPEC_RULES = _cel(

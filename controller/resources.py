@@ -11,7 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller import names, placement, ranktable
-from controller.api import API_VERSION, KIND, Gang, Launcher, Stage, Training, VolumeSource
+from controller.api import (
+    API_VERSION,
+    DEFAULT_TERMINATION_GRACE_SECONDS,
+    KIND,
+    Gang,
+    Launcher,
+    Stage,
+    Training,
+    VolumeSource,
+)
 
 DATA_MOUNT = "/data"
 CHECKPOINTS_MOUNT = "/checkpoints"
@@ -33,7 +42,6 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_TOTAL_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 NON_ROOT_UID = 1000  # the CPU worker image's user (images/worker-cpu.Dockerfile)
-TERMINATION_GRACE_SECONDS = 60  # the job saves a checkpoint on SIGTERM before exiting 143
 
 
 def owner_reference(t: Training) -> dict[str, Any]:
@@ -351,6 +359,15 @@ def worker_affinity(t: Training, stage: str, attempt: int) -> dict[str, Any]:
     return placement.affinity(selector, servers, max(1, per_server // t.spec.npus_per_pod))
 
 
+def termination_grace(t: Training) -> int:
+    """Seconds a pod gets between SIGTERM and SIGKILL (``template.terminationGracePeriodSeconds``).
+
+    Workers use them to save a checkpoint; the dynamicCluster scheduler ignores SIGTERM and serves until
+    its workers have left, so it gets the same: killed earlier, it would take the saving workers down."""
+    template = t.spec.template
+    return template.termination_grace_period_seconds if template else DEFAULT_TERMINATION_GRACE_SECONDS
+
+
 def kueue_group(t: Training, stage: str, attempt: int) -> str:
     """The attempt's Kueue pod group: a new group (and Workload) for every attempt."""
     return names.fit(f"{t.name}-{stage}", f"-{names.child_tag(t.uid, stage)}-a{attempt}")
@@ -395,7 +412,7 @@ def _pod(
         "restartPolicy": "Never",  # the controller restarts whole attempts, never single ranks
         "automountServiceAccountToken": False,  # workers never talk to the API server
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "terminationGracePeriodSeconds": termination_grace(t),
         "containers": [container],
         "volumes": volumes,
     }

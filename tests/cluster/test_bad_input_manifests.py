@@ -28,6 +28,7 @@ def _set(manifest: dict, path: str, value) -> None:
 
 DELETE = object()
 CLAIM = "spec.volumes.data.persistentVolumeClaim.claimName"
+GRACE = "spec.template.terminationGracePeriodSeconds"
 STAGE = {"name": "extra", "dataFile": "d.mindrecord0", "epochs": 1}
 
 # (changes, the field the API server's message must name, a word of the reason)
@@ -69,6 +70,8 @@ CASES = [
     ({CLAIM: ""}, CLAIM, "at least 1"),
     ({"spec.volumes.pretrained.path": DELETE}, "spec.volumes.pretrained.path", "Required value"),
     ({"spec.template.tolerations": "npu"}, "spec.template.tolerations", "array"),
+    ({GRACE: 0}, GRACE, "greater than or equal to 1"),
+    ({GRACE: 3601}, GRACE, "less than or equal to 3600"),
     ({"spec.stages.0.learningRate": 0.1}, "spec.stages[0].learningRate", "unknown field"),
     ({"metadata.name": "v" * 254}, "metadata.name", "253"),
     ({"metadata.name": "Voc_Training"}, "metadata.name", "RFC 1123"),

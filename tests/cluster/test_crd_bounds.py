@@ -134,6 +134,7 @@ FULL_TEMPLATE = {
     "annotations": {"example.com/owner": "team-a", "note": "x" * api.ANNOTATION_VALUE_MAX},
     "labels": {"team": "a", "example.com/cost-centre": "42"},
     "priorityClassName": "high.priority",
+    "terminationGracePeriodSeconds": 900,
 }
 
 
