@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench import manifests
 from bench.common import REPO, emit, log, median, peak_rss_mib, rss_mib, timed
 
 SA_USER = "system:serviceaccount:deeplab-system:deeplab-operator"
@@ -401,25 +402,15 @@ def wait_until(what: str, check, timeout: float, interval: float = 0.05) -> floa
 def training_manifest(
     name: str, namespace: str, workers: int, suspend: bool = False, template: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    manifest: dict[str, Any] = {
-        "apiVersion": "deeplab.io/v1alpha1",
-        "kind": "DeepLabTraining",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "image": "deeplab-worker:bench",
-            "workers": workers,
-            "npusPerServer": min(8, workers),
-            "suspend": suspend,
-            "volumes": {
-                "data": {"persistentVolumeClaim": {"claimName": "voc-data"}},
-                "checkpoints": {"persistentVolumeClaim": {"claimName": "ckpt"}},
-            },
-            "stages": [{"name": "s16", "dataFile": "vocaug.mindrecord0", "epochs": 2}],
-        },
+    volumes = {
+        "data": {"persistentVolumeClaim": {"claimName": "voc-data"}},
+        "checkpoints": {"persistentVolumeClaim": {"claimName": "ckpt"}},
     }
-    if template:
-        manifest["spec"]["template"] = template
-    return manifest
+    stage = {"name": "s16", "dataFile": "vocaug.mindrecord0", "epochs": 2}
+    extra = {"template": template} if template else {}
+    return manifests.training(
+        name, namespace, workers, volumes, stage, npusPerServer=min(8, workers), suspend=suspend, **extra
+    )
 
 
 def play_kubelet(core, namespace: str, pods: list[str], per_server: int = 8) -> float:

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bench import manifests
 from bench.common import REPO, emit, log
 from bench.operator_speed import (
     AUDIT_POLICY,
@@ -62,21 +63,17 @@ STEPS: dict[str, tuple[tuple[str, ...], str, str, str]] = {
 
 
 def training(name: str, namespace: str, workers: int, npus_per_server: int, npus_per_pod: int = 1) -> dict:
-    empty = {"emptyDir": {}}
-    return {
-        "apiVersion": "deeplab.io/v1alpha1",
-        "kind": "DeepLabTraining",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "image": "deeplab-worker:bench",
-            "workers": workers,
-            "npusPerServer": npus_per_server,
-            "npusPerPod": npus_per_pod,
-            "volumes": {"data": empty, "checkpoints": empty},
-            "stages": [{"name": "only", "dataFile": "d.mindrecord0", "epochs": 1}],
-            "pendingTimeoutSeconds": 0,
-        },
-    }
+    """kwok runs no container: emptyDir volumes; never timed out while waiting for the scheduler."""
+    return manifests.training(
+        name,
+        namespace,
+        workers,
+        {"data": {"emptyDir": {}}, "checkpoints": {"emptyDir": {}}},
+        {"name": "only", "dataFile": "d.mindrecord0", "epochs": 1},
+        npusPerServer=npus_per_server,
+        npusPerPod=npus_per_pod,
+        pendingTimeoutSeconds=0,
+    )
 
 
 # -- reading the audit log (pure) ----------------------------------------------------------------------
