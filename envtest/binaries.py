@@ -7,6 +7,7 @@ keyed by release and lives outside the repository, so a second run costs nothing
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -32,9 +33,12 @@ NODE_PACKAGES = {
     "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
 }
 ALL_PACKAGES = {**PACKAGES, **NODE_PACKAGES}
-# Cluster DNS for the node: CoreDNS from the Go module proxy (its own module, not the release's set).
+# Cluster DNS for the node: CoreDNS from the Go module proxy (its own module, not the release's set), built
+# from envtest/coredns/ (a main linking only the node's plugins: ~7 min cold instead of 21 for all of them).
 COREDNS_MODULE = "github.com/coredns/coredns"
-COREDNS_VERSION = "v1.14.7"
+COREDNS_VERSION = "v1.14.7"  # envtest/coredns/go.mod requires the same (tests/unit/test_coredns_build.py)
+COREDNS_SOURCE = Path(__file__).parent / "coredns"
+COREDNS_STAMP = ".coredns.source"  # next to the binary: the source hash it was built from
 
 HOW_TO_GET = (
     "build them with 'make cluster' (needs the Go toolchain and the Go module proxy), "
@@ -142,20 +146,43 @@ def _release_gomod(module_dir: Path) -> str:
 
 
 def ensure_coredns(build: bool = True, log=sys.stderr) -> Path:
-    """CoreDNS for the node's cluster DNS, built once into the binaries' directory (minutes, cold)."""
+    """CoreDNS for the node's cluster DNS, built into the binaries' directory (minutes, cold).
+
+    The binary keeps the name the node runs (``bin/coredns``); a stamp beside it holds the hash of
+    envtest/coredns/, so a binary built from other sources (an older full build, a plugin added since)
+    counts as missing and is rebuilt.
+    """
     bin_dir = cache_dir() / "bin"
-    binary = bin_dir / "coredns"
-    if binary.is_file():
+    binary, stamp = bin_dir / "coredns", bin_dir / COREDNS_STAMP
+    wanted = coredns_source_hash()
+    if binary.is_file() and stamp.is_file() and stamp.read_text().strip() == wanted:
         return binary
     if not build or shutil.which("go") is None:
         raise BinariesUnavailable(
-            f"no {binary}: build it with 'make node-binaries' (needs Go and the module proxy)"
+            f"no {binary} built from {COREDNS_SOURCE}: "
+            "build it with 'make node-dns' (needs Go and the module proxy)"
         )
     print(f"envtest: building coredns {COREDNS_VERSION} (first time only, takes minutes)", file=log)
-    env = {**os.environ, "CGO_ENABLED": "0", "GOBIN": str(bin_dir / ".coredns-build")}
-    cmd = ["go", "install", "-trimpath", "-ldflags=-s -w", f"{COREDNS_MODULE}@{COREDNS_VERSION}"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    tmp = bin_dir / ".coredns.partial"
+    # -mod=readonly: the committed go.sum is authoritative; no VCS stamp (the repository is not CoreDNS's).
+    env = {**os.environ, "CGO_ENABLED": "0", "GOWORK": "off"}
+    flags = ["-mod=readonly", "-buildvcs=false", "-trimpath", "-ldflags=-s -w"]
+    cmd = ["go", "build", *flags, "-o", str(tmp), "."]
+    result = subprocess.run(cmd, cwd=COREDNS_SOURCE, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise BinariesUnavailable(f"go install {COREDNS_MODULE} failed:\n{result.stderr[-4000:]}")
-    (bin_dir / ".coredns-build" / "coredns").replace(binary)  # atomic, like the release's binaries
+        raise BinariesUnavailable(f"go build {COREDNS_SOURCE} failed:\n{result.stderr[-4000:]}")
+    tmp.replace(binary)  # atomic, like the release's binaries; the stamp follows, so a crash means a rebuild
+    stamp.write_text(wanted + "\n")
     return binary
+
+
+def coredns_source_hash(source: Path = COREDNS_SOURCE) -> str:
+    """sha256 over envtest/coredns/'s Go sources, go.mod and go.sum: what the cached binary was built from.
+
+    Only those: a stray binary from a manual ``go build`` there must not force a rebuild.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(p for p in source.iterdir() if p.suffix in (".go", ".mod", ".sum")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
