@@ -132,9 +132,14 @@ def result(message: str | None) -> dict[str, Any] | None:
         return None
     return {
         "checkpoint": clean_text(found.get("checkpoint"), CHECKPOINT_MAX) or None,
-        "loss": real(found.get("loss")),
-        "miou": real(found.get("miou")),
+        "loss": _rounded(real(found.get("loss"))),
+        "miou": _rounded(real(found.get("miou"))),
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    """Six decimals, as the progress lines' loss: `kubectl get dlt` prints a number's every digit."""
+    return None if value is None else round(value, 6)
 
 
 def last_line(message: str | None) -> str:

@@ -1,8 +1,9 @@
-"""`python -m envtest {build,up,down,node,node-down,images}`: what `make cluster`, `make node` & co. run.
+"""`python -m envtest {build,up,down,node,node-down,images,demo}`: what `make cluster`, `make node` & co. run.
 
 ``up``/``down`` start and stop the test control plane (state in ``.cluster``); ``node``/``node-down`` the
 real one-node cluster (state in ``.node``; needs root, see envtest/node.py); ``images`` builds the
-project's images with podman (content-hash cached) and, with ``--node``, imports them into a running node.
+project's images with podman (content-hash cached) and, with ``--node``, imports them into a running node;
+``demo`` runs the whole system on the node (envtest/demo.py, its own options).
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from envtest import images
+from envtest import demo, images
 from envtest.binaries import NODE_PACKAGES, PACKAGES, BinariesUnavailable, ensure_binaries, ensure_coredns
 from envtest.node import new_node, node_components, socket
 from envtest.plane import ControlPlane, ControlPlaneError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        return demo.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m envtest", description=__doc__)
-    parser.add_argument("command", choices=["build", "up", "down", "node", "node-down", "images"])
+    parser.add_argument("command", choices=["build", "up", "down", "node", "node-down", "images", "demo"])
     parser.add_argument(
         "--dir", type=Path, help="state directory (default .cluster, or .node for node commands)"
     )

@@ -75,11 +75,27 @@ def _network_setup(plane: ControlPlane) -> None:
     (plane.workdir / "ip_forward.orig").write_text(forward.read_text())
     forward.write_text("1")
     netns = Path("/run/netns")
+    _shared_mount_point(netns)
     before = sorted(p.name for p in netns.iterdir()) if netns.is_dir() else []
     (plane.workdir / "netns.before").write_text("\n".join(before))
     conf_dir = plane.workdir / "cni" / "net.d"
     conf_dir.mkdir(parents=True, exist_ok=True)
     (conf_dir / "10-deeplab.conflist").write_text(json.dumps(_cni_config(plane), indent=2))
+
+
+def _shared_mount_point(netns: Path) -> None:
+    """Make /run/netns a shared bind mount of itself before any pod's namespace is mounted under it.
+
+    iproute2 (`ip netns add`) and rootful podman (`podman run`) do this the first time they meet a plain
+    directory. Done while pods run, it hides their namespace mounts underneath: the kubelet can then no
+    longer remove a finished pod's sandbox ("unlinkat /run/netns/cni-...: device or resource busy"), the
+    pod stays Running with every container terminated, and its training waits for ever (seen with a
+    `podman run` during `make demo`). Once it is a mount point those tools leave it alone. Left in
+    place at the end, as they leave it."""
+    netns.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mountpoint", "-q", str(netns)]).returncode != 0:
+        subprocess.run(["mount", "--bind", str(netns), str(netns)], check=True)
+    subprocess.run(["mount", "--make-shared", str(netns)], check=True)
 
 
 def _cni_config(plane: ControlPlane) -> dict:

@@ -350,7 +350,7 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, pid in self.pids.items():
-                if not _alive(pid):
+                if not alive(pid):
                     raise ControlPlaneError(f"{name} exited during start-up; see {self.workdir / name}.log")
             if predicate():
                 return
@@ -370,7 +370,8 @@ def _quietly(hook: Hook, plane: ControlPlane) -> None:
         print(f"envtest: teardown step {getattr(hook, '__name__', hook)} failed: {error}")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie child of ours is reaped and counts as gone)."""
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)
         if waited == pid:
@@ -398,9 +399,9 @@ def _terminate(pid: int, binary: Path, grace: float = 10.0) -> None:
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and alive(pid):
         time.sleep(0.1)
-    if _alive(pid):
+    if alive(pid):
         os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
+        while alive(pid):
             time.sleep(0.05)

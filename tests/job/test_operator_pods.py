@@ -33,9 +33,10 @@ SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "cpu-sm
 def training(port: int) -> Training:
     obj = yaml.safe_load(SAMPLE.read_text())
     stage = obj["spec"]["stages"][0]
-    stage.update(
-        cropSize=33, epochs=2, dataFile="smoke.mindrecord", logSteps=1, extraArgs=["--max_steps", "3"]
-    )
+    stage.update(  # the sample's stage at the size of this test's data (below): 21 classes, batch 2
+        cropSize=33, epochs=2, dataFile="smoke.mindrecord", logSteps=1, extraArgs=["--max_steps", "3"],
+        numClasses=21, batchSize=2,
+    )  # fmt: skip
     obj["spec"]["schedulerPort"] = port
     obj["metadata"].update(namespace="default", uid="0f0e0d0c-0000-4000-8000-000000000001")
     return Training.from_obj(obj)

@@ -39,7 +39,7 @@ def training(port: int) -> Training:
     stage = obj["spec"]["stages"][0]
     stage.update(
         cropSize=33, epochs=2, dataFile="smoke.mindrecord", logSteps=1, saveSteps=SAVE_STEPS,
-        extraArgs=["--max_steps", str(MAX_STEPS)],
+        extraArgs=["--max_steps", str(MAX_STEPS)], numClasses=21, batchSize=2,
     )  # fmt: skip
     obj["spec"]["stages"] = [stage]
     obj["metadata"].update(namespace="default", uid="0f0e0d0c-0000-4000-8000-000000000016")

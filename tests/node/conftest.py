@@ -21,11 +21,10 @@ from planes import show, unavailable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))  # the kubelet.py helpers
 pytest.register_assert_rewrite("nodehelp")
-from nodehelp import SMOKE_PREFIX, localise  # noqa: E402
-
 from controller import kube  # noqa: E402
 from envtest import images  # noqa: E402
 from envtest.binaries import BinariesUnavailable  # noqa: E402
+from envtest.demo import SMOKE_PREFIX, localise  # noqa: E402
 from envtest.node import leftover_mounts, new_node, socket  # noqa: E402
 from envtest.plane import ControlPlane, ControlPlaneError  # noqa: E402
 
@@ -34,12 +33,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def node(request, tmp_path_factory) -> Iterator[ControlPlane]:
-    """etcd, kube-apiserver, controller manager, containerd, kubelet, kube-scheduler, kube-proxy."""
+    """etcd, kube-apiserver, controller manager, containerd, kubelet, kube-scheduler, kube-proxy, CoreDNS."""
     started = time.monotonic()
     try:
-        # cluster DNS only when a selected test needs it (CoreDNS takes ~20 min to build cold)
-        dns = any(item.get_closest_marker("full_node") for item in request.session.items)
-        plane = new_node(tmp_path_factory.mktemp("node"), dns=dns)
+        plane = new_node(tmp_path_factory.mktemp("node"))
         plane.start(timeout=180)
     except (BinariesUnavailable, ControlPlaneError) as error:
         unavailable(f"the real node could not be started: {error}")

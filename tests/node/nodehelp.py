@@ -18,19 +18,7 @@ from envtest.node import socket
 from envtest.plane import ControlPlane
 
 NAMESPACE = "default"
-SMOKE_PREFIX = Path("/var/lib/deeplab-smoke")  # the hostPath prefix overlays/local-node allows
 CHILD_KINDS = ("pods", "configmaps", "services")  # all a CPU training makes (no Volcano here)
-
-
-def localise(obj: dict, image: str, base: Path) -> dict:
-    """A sample's image and hostPath directories -> the local image and the test's own directories."""
-    obj = json.loads(json.dumps(obj).replace(str(SMOKE_PREFIX), str(base)))
-    spec = obj["spec"]["template"]["spec"] if obj["kind"] == "Job" else obj["spec"]
-    if obj["kind"] == "Job":
-        spec["containers"][0].update(image=image, imagePullPolicy="Never")
-    else:
-        spec.update(image=image, imagePullPolicy="Never")
-    return obj
 
 
 def cpu_training(name: str, image: str, base: Path, epochs: int = 1, **spec) -> dict:

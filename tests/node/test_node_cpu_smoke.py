@@ -1,25 +1,30 @@
-"""manifests/samples/cpu-smoke.yaml for real: its data Job, then 2 stages x 2 CPU workers through MindSpore's
-dynamic cluster (a scheduler pod, workers reaching it through the training's ClusterIP Service), on the node.
+"""`make demo`'s whole-system run (`python -m envtest demo`) on the session's node: manifests/samples/
+cpu-smoke-data.yaml, then cpu-smoke.yaml's 2 stages x 2 CPU workers through MindSpore's dynamic cluster (a
+scheduler pod, workers reaching it through the training's ClusterIP Service by its DNS name).
 
-The samples are applied as a user would, with only what differs on a test machine changed: the locally
-built worker image and a directory of the test's own under the allowed hostPath prefix.
+The demo applies the samples as a user would, with only what differs on this machine changed (the locally
+built worker image, a directory of the test's own under the allowed hostPath prefix). It finds the node
+running and leaves it so; the test watches the pods while it trains, then checks what it printed and left.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import yaml
-from nodehelp import SMOKE_PREFIX, localise
 
-pytestmark = [pytest.mark.node, pytest.mark.full_node]  # the 3.4 GB worker image, ~25 min
+from envtest.demo import NAMESPACE, SMOKE_PREFIX, TRAINING
 
-SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
+pytestmark = [pytest.mark.node, pytest.mark.full_node]  # the 3.4 GB worker image, ~25 min cold
+
+REPO = Path(__file__).resolve().parents[2]
 LABEL = "deeplab.io/training"
 
 
@@ -33,57 +38,60 @@ def smoke_dir():
 
 
 def _get(node_kubectl, *args: str) -> dict:
-    got = node_kubectl("get", *args, "-o", "json")
+    got = node_kubectl("get", "-n", NAMESPACE, *args, "-o", "json")
     return json.loads(got.stdout) if got.returncode == 0 else {}
 
 
-# Cold, the worker image's build and import (setup) take up to 15 minutes on 2 shared cores, the training 8.
-@pytest.mark.timeout(2700)
-def test_cpu_smoke_sample_runs_two_stages_on_real_pods(operator, node_kubectl, worker_image, smoke_dir):
-    job = localise(yaml.safe_load((SAMPLES / "cpu-smoke-data.yaml").read_text()), worker_image, smoke_dir)
-    assert node_kubectl("apply", "-f", "-", stdin=json.dumps(job)).returncode == 0
-    done = node_kubectl(
-        "wait", "--for=condition=Complete", "job/deeplab-smoke-data", "--timeout=600s", timeout=620
-    )
-    assert done.returncode == 0, node_kubectl("logs", "job/deeplab-smoke-data").stdout
-    assert (smoke_dir / "data" / "smoke.mindrecord0").is_file()
-    assert (smoke_dir / "checkpoints").stat().st_uid == 1000
+def _init_mounts(node_kubectl) -> list[dict]:
+    """Stage 2's view of stage 1's checkpoint, in the pods that exist now."""
+    pods = _get(node_kubectl, "pods", "-l", f"{LABEL}={TRAINING},deeplab.io/stage=s8-smoke").get("items")
+    mounts = [m for pod in pods or [] for m in pod["spec"]["containers"][0]["volumeMounts"]]
+    return [m for m in mounts if m["mountPath"] == "/init"]
 
-    training = localise(yaml.safe_load((SAMPLES / "cpu-smoke.yaml").read_text()), worker_image, smoke_dir)
-    training["metadata"]["namespace"] = "default"
-    applied = node_kubectl("apply", "-f", "-", stdin=json.dumps(training))
-    assert applied.returncode == 0, applied.stderr
-    deadline = time.monotonic() + 1500
-    status: dict = {}
-    init_mounts: list = []  # stage 2's view of stage 1's checkpoint, seen while it runs
-    while time.monotonic() < deadline:
-        status = _get(node_kubectl, "dlt", "deeplab-smoke").get("status") or {}
-        if status.get("phase") in ("Succeeded", "Failed"):
-            break
-        stage2 = _get(node_kubectl, "pods", "-l", f"{LABEL}=deeplab-smoke,deeplab.io/stage=s8-smoke").get(
-            "items"
-        )
-        for pod in stage2 or []:
-            init_mounts += [
-                m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/init"
-            ]
-        time.sleep(5)
-    events = node_kubectl("get", "events", "--sort-by=.lastTimestamp").stdout[-4000:]
-    assert status.get("phase") == "Succeeded", (status, events)
+
+# Cold, the worker image's build and import take up to 15 minutes on 2 shared cores, the training 8.
+@pytest.mark.timeout(2700)
+def test_make_demo_trains_the_cpu_smoke_sample(node, operator, node_kubectl, smoke_dir, tmp_path):
+    output = tmp_path / "demo"
+    command = [
+        sys.executable, "-m", "envtest", "demo",
+        "--dir", str(node.workdir), "--base", str(smoke_dir), "--output", str(output),
+    ]  # fmt: skip
+    init_mounts: list[dict] = []
+    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
+        demo = subprocess.Popen(command, stdout=out, stderr=err, cwd=REPO)
+        while demo.poll() is None:
+            init_mounts += _init_mounts(node_kubectl)
+            time.sleep(5)
+    printed, said = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert demo.returncode == 0, said[-4000:]
+    assert "using the node already running" in said and "node stopped" not in said
+
+    # what the user saw: `kubectl get dlt -w` rows as it trained (STAGE is "1/2 s16-smoke": two words),
+    # stage 1's epochs counting up from the real log, then the final row with the mIoU of stage 2
+    rows = [line.split() for line in printed.splitlines() if line.startswith(TRAINING)]
+    assert printed.splitlines()[0].split()[:6] == ["NAME", "STAGE", "PHASE", "EPOCH", "LOSS", "MIOU"]
+    epochs = [row[4] for row in rows if row[1:4] == ["1/2", "s16-smoke", "Running"] and len(row) > 5]
+    assert len(set(epochs)) >= 2 and all(re.fullmatch(r"[1-4]/4", epoch) for epoch in epochs), printed
+    final = rows[-1]
+    assert final[1:4] == ["2/2", "s8-smoke", "Succeeded"] and 0.0 <= float(final[6]) <= 1.0, printed
+
+    status = _get(node_kubectl, "dlt", TRAINING)["status"]
     stages = status["stages"]
     assert [s["name"] for s in stages] == ["s16-smoke", "s8-smoke"]
     for stage in stages:  # rank 0's termination message reached the status
         assert stage["phase"] == "Succeeded" and stage["checkpoint"] and stage["loss"] is not None, stage
     assert stages[1]["miou"] is not None  # the second stage evaluates
-    assert stages[0]["checkpoint"] == "/checkpoints/deeplab-smoke/s16-smoke/final.ckpt"
-    assert (smoke_dir / "checkpoints" / "deeplab-smoke" / "s16-smoke" / "final.ckpt").is_file()
-    assert init_mounts and all(
-        m["readOnly"] and m["subPath"] == "deeplab-smoke/s16-smoke" for m in init_mounts
-    )
-    row = node_kubectl("get", "dlt", "deeplab-smoke").stdout.splitlines()
-    assert row[0].split()[:5] == ["NAME", "STAGE", "PHASE", "EPOCH", "LOSS"] and "Succeeded" in row[1]
+    assert stages[0]["checkpoint"] == f"/checkpoints/{TRAINING}/s16-smoke/final.ckpt"
+    final_ckpt = smoke_dir / "checkpoints" / TRAINING / "s8-smoke" / "final.ckpt"
+    assert final_ckpt.is_file() and f"checkpoint {final_ckpt}" in said
+    assert (smoke_dir / "checkpoints").stat().st_uid == 1000  # the data Job handed it to the worker's uid
+    assert init_mounts and all(m["readOnly"] and m["subPath"] == f"{TRAINING}/s16-smoke" for m in init_mounts)
+    masks = sorted(p.name for p in (output / "predictions").glob("*_mask.png"))
+    val_images = (smoke_dir / "data" / "smoke_val_lst.txt").read_text().split()[::2]
+    assert masks == sorted(f"{Path(image).stem}_mask.png" for image in val_images)
 
-    deleted = node_kubectl("delete", "dlt", "deeplab-smoke", "--timeout=120s", timeout=150)
+    deleted = node_kubectl("delete", "-n", NAMESPACE, "dlt", TRAINING, "--timeout=120s", timeout=150)
     assert deleted.returncode == 0, deleted.stderr
-    node_kubectl("delete", "job", "deeplab-smoke-data", "--wait=false")
-    assert not _get(node_kubectl, "pods", "-l", f"{LABEL}=deeplab-smoke").get("items")
+    node_kubectl("delete", "namespace", NAMESPACE, "--wait=false")
+    assert not _get(node_kubectl, "pods", "-l", f"{LABEL}={TRAINING}").get("items")

@@ -1,7 +1,7 @@
 """A worker pod deleted mid-stage on the real node, then the training deleted (issue #12 section 4).
 
 One stage of 2 CPU workers through MindSpore's dynamic cluster (a scheduler pod; the workers reach it
-through the training's ClusterIP Service), on the session's smoke data: 33 px crops, 2 steps an epoch,
+through the training's ClusterIP Service), on the session's smoke data: 33 px crops, 8 steps an epoch,
 a progress line every step and no periodic checkpoint (``saveSteps`` above the stage's steps), so the
 only step checkpoint before the end can be the one SIGTERM makes.
 
@@ -39,8 +39,8 @@ from controller import names
 
 pytestmark = [pytest.mark.node, pytest.mark.full_node]  # the 3.4 GB worker image
 
-STEPS_PER_EPOCH = 2  # 8 images / (batch 2 x 2 workers)
-EPOCHS = 12  # 24 steps: SIGTERM lands well before the end, however fast the steps
+STEPS_PER_EPOCH = 8  # cpu-smoke-data.yaml's 32 images / (batch 2 x 2 workers)
+EPOCHS = 3  # 24 steps: SIGTERM lands well before the end, however fast the steps
 DELETE_AT = 3  # rank 0's pod is deleted once it has logged this step
 STEP_CHECKPOINT = re.compile(r"^deeplab-(\d{8})\.ckpt$")  # job/checkpoints.py's step names
 

@@ -311,3 +311,8 @@ def test_the_plans_status_and_events_always_validate(tail, message, exit_code):
         for event in plan.events:
             assert_clean(event.message)
             assert_clean(progress.clean_text(event.message, kube.EVENT_MESSAGE_MAX), kube.EVENT_MESSAGE_MAX)
+
+
+def test_the_result_rounds_loss_and_miou_to_six_decimals_for_the_printed_columns():
+    message = json.dumps({"event": "result", "loss": 0.80381834, "miou": 0.20005281561885335})
+    assert progress.result(message) == {"checkpoint": None, "loss": 0.803818, "miou": 0.200053}
