@@ -105,7 +105,7 @@ def local_node(workdir: Path, keep: bool) -> Iterator[ControlPlane]:
         yield running
         return
     started = time.monotonic()
-    plane = new_node(workdir, dns=True)
+    plane = new_node(workdir)
     plane.start(timeout=180)
     say(f"node Ready in {time.monotonic() - started:.0f}s: {plane.server} (logs in {workdir})")
     try:
