@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 JOB_STAMP := $(VENV)/.stamp-job
 DEV_STAMP := $(VENV)/.stamp-dev
 
-.PHONY: demo demo-prereqs test lint format crd lock cluster cluster-down control-plane bench clean \
+.PHONY: demo test lint format crd lock cluster cluster-down control-plane bench clean \
 	node-deps node-binaries node-dns node-prereqs node node-down images deploy test-node sched-binaries test-sched
 
 $(PY):
@@ -43,14 +43,12 @@ bench: $(TORCH_STAMP) control-plane sched-binaries
 # when the node's packages or binaries cannot be set up, a line says why and the one-device demo runs
 # (python -m job demo). DEMO_ARGS=--keep-node leaves the node it started running.
 demo: $(DEV_STAMP)
-	@if $(MAKE) --no-print-directory demo-prereqs; then $(PY) -m envtest demo $(DEMO_ARGS); \
-	else echo "make demo: no local node, so the one-device demo runs instead: python -m job demo" >&2; \
-		$(PY) -m job demo; fi
-
-demo-prereqs:
-	@test "$$(id -u)" = 0 || { echo "make demo: the local node needs root" >&2; exit 1; }
-	@command -v apt-get >/dev/null || { echo "make demo: the local node needs a Debian-based machine" >&2; exit 1; }
-	@$(MAKE) --no-print-directory node-deps node-binaries node-dns
+	@why=; [ "$$(id -u)" = 0 ] || why="the local node needs root"; \
+	[ -n "$$why" ] || command -v apt-get >/dev/null || why="the local node needs a Debian-based machine"; \
+	[ -n "$$why" ] || $(MAKE) --no-print-directory node-deps node-binaries node-dns \
+		|| why="the node's packages or binaries could not be set up (above)"; \
+	if [ -z "$$why" ]; then $(PY) -m envtest demo $(DEMO_ARGS); \
+	else echo "make demo: $$why; running the one-device demo instead: python -m job demo" >&2; $(PY) -m job demo; fi
 
 # Builds (first run) or reuses the pinned control-plane binaries outside the repo.
 control-plane: $(DEV_STAMP)
