@@ -9,7 +9,6 @@ running and leaves it so; the test watches the pods while it trains, then checks
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -19,10 +18,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from nodehelp import get_json
 
 from envtest.demo import NAMESPACE, SMOKE_PREFIX, TRAINING
 
-pytestmark = [pytest.mark.node, pytest.mark.full_node]  # the 3.4 GB worker image, ~25 min cold
+pytestmark = [pytest.mark.node, pytest.mark.full_node]  # the 3.4 GB worker image (~14 min cold)
 
 REPO = Path(__file__).resolve().parents[2]
 LABEL = "deeplab.io/training"
@@ -38,8 +38,7 @@ def smoke_dir():
 
 
 def _get(node_kubectl, *args: str) -> dict:
-    got = node_kubectl("get", "-n", NAMESPACE, *args, "-o", "json")
-    return json.loads(got.stdout) if got.returncode == 0 else {}
+    return get_json(node_kubectl, "-n", NAMESPACE, *args)
 
 
 def _init_mounts(node_kubectl) -> list[dict]:
