@@ -51,9 +51,14 @@ class BinariesUnavailable(RuntimeError):
     """The control-plane binaries can be neither found nor built."""
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
+    """Where every built binary lives, outside the repository (a clean clone reuses it)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "deeplab-operator" / f"kubernetes-{KUBERNETES_VERSION}"
+    return Path(base) / "deeplab-operator"
+
+
+def cache_dir() -> Path:
+    return cache_root() / f"kubernetes-{KUBERNETES_VERSION}"
 
 
 def ensure_binaries(build: bool = True, log=sys.stderr, names: tuple[str, ...] = tuple(PACKAGES)) -> Path:
@@ -131,6 +136,31 @@ def _write_module(module_dir: Path) -> None:
     imports = "\n".join(f'\t_ "{pkg}"' for pkg in ALL_PACKAGES.values())
     (module_dir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
     subprocess.run(["go", "mod", "tidy"], cwd=module_dir, check=True, capture_output=True, text=True)
+
+
+def release_module_versions() -> tuple[str, dict[str, str]]:
+    """The release module's ``go`` line and every module of its build list at the version the plane is
+    built with (replacements applied).
+
+    Other Go tools built beside the plane (envtest/sched.py) pin these same versions, so they compile
+    the very packages the plane did and share Go's build cache instead of compiling a second Kubernetes.
+    """
+    module_dir = cache_dir() / "module"
+    if not (module_dir / "go.sum").is_file():
+        _write_module(module_dir)
+    version = "{{if .Replace}}{{.Replace.Version}}{{else}}{{.Version}}{{end}}"
+    template = f"{{{{if not .Main}}}}{{{{.Path}}}} {version}{{{{end}}}}"
+    out = subprocess.run(
+        ["go", "list", "-m", "-f", template, "all"],
+        cwd=module_dir,
+        env={**os.environ, "GOFLAGS": "-mod=mod"},
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise BinariesUnavailable(f"go list -m all in {module_dir} failed:\n{out.stderr[-4000:]}")
+    go_line = re.search(r"^go (\S+)", (module_dir / "go.mod").read_text(), flags=re.M).group(1)
+    return go_line, dict(line.split() for line in out.stdout.splitlines() if line.strip())
 
 
 def _release_gomod(module_dir: Path) -> str:

@@ -4,6 +4,7 @@ Kueue's webhook list pointed at loopback."""
 from __future__ import annotations
 
 import ipaddress
+from subprocess import CompletedProcess
 
 from envtest import sched
 
@@ -62,3 +63,35 @@ def test_kueue_queues_give_the_namespace_npu_quota():
     assert local["metadata"] == {"name": "npu", "namespace": "ns"}
     assert local["spec"]["clusterQueue"] == cluster_queue["metadata"]["name"]
     assert cluster_queue["spec"]["resourceGroups"][0]["flavors"][0]["name"] == flavor["metadata"]["name"]
+
+
+def test_kwok_and_kueue_are_built_on_the_release_module_versions(tmp_path, monkeypatch):
+    """Every module the plane also builds is replaced by the plane's version, so the tools reuse its compiled
+    packages; the tools themselves and the documented overrides stay required, never replaced."""
+    release = {
+        "k8s.io/client-go": "v0.36.3",
+        "golang.org/x/net": "v0.49.0",
+        "github.com/kubeflow/trainer/v2": "v2.2.0",
+    }
+    monkeypatch.setattr(sched, "release_module_versions", lambda: ("1.26.0", release))
+    ran = []
+    monkeypatch.setattr(sched.subprocess, "run", lambda cmd, **_: ran.append(cmd) or CompletedProcess(cmd, 0))
+    sched._write_tools_module(tmp_path)
+    gomod = (tmp_path / "go.mod").read_text()
+    assert "\tk8s.io/client-go => k8s.io/client-go v0.36.3\n" in gomod
+    assert "\tgolang.org/x/net => golang.org/x/net v0.49.0\n" in gomod
+    assert "\tgithub.com/kubeflow/trainer/v2 v2.3.0\n" in gomod and "trainer/v2 =>" not in gomod
+    for module, package, version in sched.TOOLS.values():
+        assert f"\t{module} {version}\n" in gomod and f'_ "{package}"' in (tmp_path / "tools.go").read_text()
+    assert gomod.startswith("module envtest.local/sched\n\ngo 1.26.0\n") and ran == [["go", "mod", "tidy"]]
+
+
+def test_a_tool_built_another_way_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for name in sched.TOOLS:
+        bin_dir = sched.tool_dir(name) / "bin"
+        bin_dir.mkdir(parents=True)
+        (bin_dir / name).write_bytes(b"built by go install with the tool's own pins")
+    assert sched._stale_tools() == list(sched.TOOLS)
+    (sched.tool_dir("kwok") / "bin" / sched.RECIPE).write_text(sched._recipe("kwok"))
+    assert sched._stale_tools() == ["kueue"]
