@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from kubernetes import client, config
+from kubernetes.client import rest
 from kubernetes.client.rest import ApiException
 
 from controller import api, faults, informer, names, progress, ranktable, resources
@@ -72,8 +73,30 @@ def api_client(kubeconfig: str | None = None, context: str | None = None, as_use
     return api_client_
 
 
+def size_pool(api_client_, connections: int) -> None:
+    """Let ``connections`` requests share the client's connection pool at once; call before the first.
+
+    urllib3 opens a connection for a request that finds the pool empty and throws it away afterwards when
+    the pool is full, so a pool smaller than the concurrency pays a TCP and TLS handshake per overflowing
+    request: two workers' batches of creates beside the watches overflow urllib3's default of 4 and
+    ``api_client``'s 16.
+    """
+    if api_client_.configuration.connection_pool_maxsize < connections:
+        api_client_.configuration.connection_pool_maxsize = connections
+        api_client_.rest_client = rest.RESTClientObject(api_client_.configuration)
+
+
 def _json(response) -> dict[str, Any]:
     return json.loads(response.data)
+
+
+def sent(response) -> None:
+    """Read a write's reply to its end. With ``_preload_content=False`` urllib3 gives the connection back
+    to the pool only then: unread, every create opened a new TLS connection (1,024 handshakes for a
+    1,024-worker attempt, the controller's main cost in bench/scheduling_scale.py)."""
+    if response is not None:
+        response.drain_conn()
+        response.release_conn()
 
 
 def _ignore(status: int, call: Callable[[], Any]) -> Any:
@@ -262,7 +285,7 @@ class Kube:
         }
         self.on_write("create", kind.lower() + "s")
         try:
-            calls[kind]()
+            sent(calls[kind]())
         except ApiException as error:
             if error.status != 409:
                 raise
@@ -292,7 +315,7 @@ class Kube:
         options = {"preconditions": {"uid": uid}} if uid else {}
         self.on_write("delete", "pods")
         try:
-            self.core.delete_namespaced_pod(name, namespace, body=options, _preload_content=False)
+            sent(self.core.delete_namespaced_pod(name, namespace, body=options, _preload_content=False))
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
@@ -301,9 +324,9 @@ class Kube:
         """An outdated Service of ours (the headless one of earlier versions), by uid precondition."""
         self.on_write("delete", "services")
         try:
-            self.core.delete_namespaced_service(
+            sent(self.core.delete_namespaced_service(
                 name, namespace, body={"preconditions": {"uid": uid}}, _preload_content=False
-            )
+            ))  # fmt: skip
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
@@ -313,9 +336,10 @@ class Kube:
         meta = manifest["metadata"]
         self.on_write("update", "configmaps")
         try:
-            self.core.replace_namespaced_config_map(
+            replaced = self.core.replace_namespaced_config_map(
                 meta["name"], meta["namespace"], body, _preload_content=False
             )
+            sent(replaced)
         except ApiException as error:
             if error.status == 409:
                 raise Conflict(f"configmap {meta['name']}: {error.reason}") from error
@@ -324,12 +348,12 @@ class Kube:
     def delete_training(self, t: api.Training) -> None:
         body = {"propagationPolicy": "Background", "preconditions": {"uid": t.uid}}
         self.on_write("delete", "deeplabtrainings")
-        _ignore(
+        sent(_ignore(
             404,
             lambda: self.custom.delete_namespaced_custom_object(
                 api.GROUP, api.VERSION, t.namespace, api.PLURAL, t.name, body=body, _preload_content=False
             ),
-        )
+        ))  # fmt: skip
 
     # -- events ----------------------------------------------------------------------------------
     def event(self, t: api.Training, event: Event, instance: str = "") -> None:
@@ -362,7 +386,7 @@ class Kube:
         }
         self.on_write("create", "events")
         try:
-            self.core.create_namespaced_event(t.namespace, body, _preload_content=False)
+            sent(self.core.create_namespaced_event(t.namespace, body, _preload_content=False))
         except ApiException as error:
             log.warning("event %s on %s/%s not recorded: %s", event.reason, t.namespace, t.name, error.reason)
 

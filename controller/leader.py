@@ -21,6 +21,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from controller.kube import sent
+
 log = logging.getLogger(__name__)
 
 
@@ -87,7 +89,7 @@ class LeaderElector:
             new_spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
         lease["spec"] = new_spec
         try:
-            self.api.replace_namespaced_lease(self.name, self.namespace, lease, _preload_content=False)
+            sent(self.api.replace_namespaced_lease(self.name, self.namespace, lease, _preload_content=False))
         except ApiException as error:
             if error.status == 409:
                 return False  # someone else wrote first
@@ -109,7 +111,7 @@ class LeaderElector:
             },
         }
         try:
-            self.api.create_namespaced_lease(self.namespace, body, _preload_content=False)
+            sent(self.api.create_namespaced_lease(self.namespace, body, _preload_content=False))
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -194,6 +196,6 @@ class LeaderElector:
             if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
                 return
             lease["spec"].update(holderIdentity=None, leaseDurationSeconds=1, renewTime=_micro_time())
-            self.api.replace_namespaced_lease(self.name, self.namespace, lease, _preload_content=False)
+            sent(self.api.replace_namespaced_lease(self.name, self.namespace, lease, _preload_content=False))
         except Exception as error:
             log.warning("leader election: release failed: %s", error)

@@ -147,6 +147,9 @@ class Controller:
             self.options.retry_period,
         )
         self.informers = self._informers(api_client_)
+        # each worker's batch of creates, every watch, each worker's own request and the Lease's
+        workers = self.options.workers
+        kube.size_pool(api_client_, workers * kube.CONNECTIONS + len(self.informers) + workers + 1)
 
     # -- informers ---------------------------------------------------------------------------------
     def _informers(self, api_client_) -> list[Informer]:

@@ -156,6 +156,7 @@ class DevicePlugin:
         self.refused: dict[str, str] = {}
         self.errors: list[str] = []
         self._count_lock = threading.Lock()
+        self._nodes_lock = threading.Lock()
         self._relist_needed = threading.Event()
         self._writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="device-plugin-write")
         self._stop = threading.Event()
@@ -172,38 +173,44 @@ class DevicePlugin:
     def _run(self) -> None:
         """List once, then watch on from the last resourceVersion seen; list again only when the
         watch breaks (a relist of every pod each few seconds would starve the plugin at scale)."""
-        from kubernetes import watch
-
         version = None
         while not self._stop.is_set():
             try:
                 if version is None:
                     version = self._relist()
-                stream = watch.Watch().stream(
-                    self.core.list_pod_for_all_namespaces,
-                    resource_version=version,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=5,
-                    _preload_content=False,
-                )
-                for event in stream:
-                    pod = event["raw_object"]
-                    if event["type"] == "ERROR":  # e.g. 410 Gone: the version is too old
-                        version = None
-                        break
-                    version = pod["metadata"].get("resourceVersion") or version
-                    if event["type"] != "BOOKMARK":
-                        self._observe(event["type"], pod)
-                    if self._stop.is_set():
-                        return
-                    if self._relist_needed.is_set():
-                        break
+                version = self._watch(version)
                 if self._relist_needed.is_set():
                     self._relist_needed.clear()
                     version = None
-            except Exception:  # the server restarted or the watch expired: list again
+            except Exception:  # the server restarted, the watch expired (410): list again
                 version = None
                 time.sleep(0.5)
+
+    def _watch(self, version: str) -> str | None:
+        """One bounded watch, read as plain JSON lines like the controller's informer: the client's
+        V1Pod models would cost the plugin most of a core at 1,024 pods. None means: list again."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        response = self.core.list_pod_for_all_namespaces(
+            watch=True, resource_version=version, allow_watch_bookmarks=True, timeout_seconds=5,
+            _preload_content=False, _request_timeout=(10, 20),
+        )  # fmt: skip
+        try:
+            for line in iter_resp_lines(response):
+                if not line:
+                    continue
+                event = json.loads(line)
+                pod = event.get("object") or {}
+                if event.get("type") == "ERROR":  # e.g. 410 Gone: the version is too old
+                    return None
+                version = pod["metadata"].get("resourceVersion") or version
+                if event["type"] != "BOOKMARK":
+                    self._observe(event["type"], pod)
+                if self._stop.is_set() or self._relist_needed.is_set():
+                    break
+        finally:
+            response.release_conn()
+        return version
 
     def _relist(self) -> str:
         listed = json.loads(self.core.list_pod_for_all_namespaces(_preload_content=False).data)
@@ -249,13 +256,16 @@ class DevicePlugin:
         the way the real plugin retries; a pod deleted meanwhile needs nothing."""
         from kubernetes.client import ApiException
 
+        from controller.kube import sent
+
         for attempt in range(attempts):
             try:
                 value = annotation(name, self._node_ip(node), chips)
                 annotations = {self.key: value, REAL_ANNOTATION: real_devices(chips)}
-                self.core.patch_namespaced_pod(
+                patched = self.core.patch_namespaced_pod(
                     name, namespace, {"metadata": {"annotations": annotations}}, _preload_content=False
                 )
+                sent(patched)  # read to the end: the connection goes back to the pool
                 with self._count_lock:
                     self.allocated += 1
                 return
@@ -275,10 +285,14 @@ class DevicePlugin:
         self._relist_needed.set()
 
     def _node_ip(self, node: str) -> str:
-        if node not in self.node_ips:
-            found = json.loads(self.core.read_node(node, _preload_content=False).data)
-            ip = internal_ip(found)
-            if ip is None:
+        """The node's InternalIP; a miss lists every node once (under a lock, so 32 writers meeting new
+        nodes together do not each read them: that was ~750 node reads for a 1,024-worker attempt)."""
+        with self._nodes_lock:
+            if node not in self.node_ips:
+                listed = json.loads(self.core.list_node(_preload_content=False).data)
+                for found in listed["items"]:
+                    if (ip := internal_ip(found)) is not None:
+                        self.node_ips[found["metadata"]["name"]] = ip
+            if node not in self.node_ips:
                 raise RuntimeError(f"node {node} has no InternalIP yet")
-            self.node_ips[node] = ip
-        return self.node_ips[node]
+            return self.node_ips[node]

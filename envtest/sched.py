@@ -102,8 +102,9 @@ def _stale_tools() -> list[str]:
 
 def _build_tools(names: list[str], log) -> None:
     """One ``go build`` of the tools in a module that pins the plane's versions (release_module_versions):
-    only the ~360 packages of their own (kwok, Kueue, controller-runtime, ...) compile, about 3.5 minutes
-    on 2 cores once the plane is built, instead of ~25 minutes for Kueue's own, older Kubernetes."""
+    358 of their 1,793 packages are not the plane's (kwok, Kueue, controller-runtime, ...). Measured on 2
+    cores with empty Go caches: 4 min 58 s, against 7 min 27 s for ``go install`` of each with its own
+    pins (a second, older Kubernetes for Kueue)."""
     print(f"envtest: building {' and '.join(names)} (first time only, takes minutes)", file=log)
     module_dir = cache_root() / "sched" / "module"
     _write_tools_module(module_dir)
