@@ -6,10 +6,12 @@ attempt, most of the controller's CPU and part of the API server's in bench/sche
 from __future__ import annotations
 
 import pytest
+from sim import training_obj
 from urllib3.connectionpool import HTTPSConnectionPool
 
-from controller import kube
+from controller import api, kube
 from controller.leader import LeaderElector
+from controller.plan import Event
 
 pytestmark = pytest.mark.cluster
 
@@ -22,10 +24,16 @@ def test_writes_reuse_one_connection(control_plane, namespace, monkeypatch):
     writer = kube.Kube(api_client)
     for index in range(5):
         meta = {"name": f"reuse-{index}", "namespace": namespace}
-        writer.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"a": "1"}})
+        config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"a": "1"}}
+        writer.create(config_map)
         pod = {"containers": [{"name": "c", "image": "none"}]}
         writer.create({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod})
         writer.delete_pod(namespace, meta["name"], "")
+    version = writer.core.read_namespaced_config_map("reuse-4", namespace).metadata.resource_version
+    writer.replace_configmap({**config_map, "data": {"a": "2"}}, version)
+    obj = training_obj("reuse")
+    training = api.Training.from_obj({**obj, "metadata": {**obj["metadata"], "namespace": namespace}})
+    writer.event(training, Event("Normal", "Reused", "one connection"))
     elector = LeaderElector(api_client, namespace, "reuse", "me")
     assert elector.try_acquire_or_renew() and elector.try_acquire_or_renew()
-    assert len(opened) == 1, f"{len(opened)} connections for 15 writes and 4 Lease requests"
+    assert len(opened) == 1, f"{len(opened)} connections for 18 requests and 4 Lease requests"
