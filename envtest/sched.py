@@ -72,11 +72,12 @@ def ensure_tool(name: str, build: bool = True, log=sys.stderr) -> Path:
     """The cached ``kwok`` or ``kueue`` binary; the first call builds every missing tool (minutes)."""
     binary = tool_dir(name) / "bin" / name
     config = tool_dir(name) / "config" / "crd"
-    if not _stale_tools() and (name != "kueue" or config.is_dir()):
+    stale = _stale_tools()
+    if not stale and (name != "kueue" or config.is_dir()):
         return binary
     if not build or shutil.which("go") is None:
         raise BinariesUnavailable(f"no {binary}: build it with 'make sched-binaries' (needs Go, the proxy)")
-    if stale := _stale_tools():
+    if stale:
         _build_tools(stale, log)
     if name == "kueue":
         module, _, version = TOOLS[name]
